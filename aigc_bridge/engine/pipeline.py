@@ -1,0 +1,241 @@
+"""The text-to-image loop: tokenise, encode, denoise with a numpy scheduler, decode, all on onnxruntime.
+
+Run state (step, cancel, progress) is explicit: the caller passes a callback that sees every step and can
+stop the run, which is how the sidecar streams progress and honours cancel within one step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import AigcError, Cancelled, InvalidRequest
+from ..request import MAX_SEED, GenerateRequest
+from .package import ModelPackage
+from .providers import choose_providers
+from .schedulers import make_scheduler
+from .tokenizer import PromptTokenizer, TruncationWarning
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: int           # steps done, 1..total
+    total: int
+    elapsed_s: float
+    latents: np.ndarray  # the current latents (batch, C, h, w), for previews
+
+
+ProgressCallback = Callable[[ProgressEvent], "bool | None"]  # return False to cancel
+
+
+@dataclass
+class GenerationResult:
+    images: list[np.ndarray]  # H x W x 3, float32 in [0, 1], sRGB
+    seeds: list[int]
+    request: GenerateRequest  # the effective request: every default resolved
+    model_id: str
+    package_hash: str
+    provider: str
+    timings_ms: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    def image_uint8(self, index: int) -> np.ndarray:
+        return np.round(self.images[index] * 255.0).astype(np.uint8)
+
+    def metadata(self, index: int) -> dict:
+        """What made image ``index``: enough to reproduce it."""
+        return {**self.request.to_dict(), "seed": self.seeds[index], "count": 1, "model_id": self.model_id,
+                "model_hash": self.package_hash, "provider": self.provider, "timings_ms": self.timings_ms,
+                "tool_version": __version__}
+
+
+class Pipeline:
+    """A loaded model package, ready to generate. Sessions for the seamless graphs load on first use."""
+
+    def __init__(self, package: ModelPackage, provider: str | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.package = package
+        self.manifest = package.manifest
+        self._providers = choose_providers(provider)
+        self._options = ort.SessionOptions()
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options.log_severity_level = 3
+        if threads:
+            self._options.intra_op_num_threads = threads
+        self._sessions: dict[str, object] = {}
+        self._encoders = package.text_encoders
+        self._tokenizers = [PromptTokenizer(package.path(e.tokenizer), e.max_length, e.pad_token_id)
+                            for e in self._encoders]
+        for encoder in self._encoders:
+            self._session(encoder.graph)
+        self._session(self.manifest["unet"]["graphs"]["none"])
+        self._session(self.manifest["vae_decoder"]["graphs"]["none"])
+
+    @classmethod
+    def load(cls, model_dir: str | Path, provider: str | None = None, verify: bool = True,
+             threads: int | None = None) -> Pipeline:
+        return cls(ModelPackage.load(model_dir, verify=verify), provider=provider, threads=threads)
+
+    @property
+    def provider(self) -> str:
+        session = self._session(self.manifest["unet"]["graphs"]["none"])
+        return session.get_providers()[0]
+
+    def _session(self, graph: str):
+        if graph not in self._sessions:
+            import onnxruntime as ort
+
+            try:
+                self._sessions[graph] = ort.InferenceSession(str(self.package.path(graph)), self._options,
+                                                             providers=self._providers)
+            except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+                raise AigcError("model_package", f"cannot load {graph}: {exc}", graph) from None
+        return self._sessions[graph]
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self._session(graph).run(None, feeds)
+        except AigcError:
+            raise
+        except Exception as exc:
+            raise AigcError("inference_failed", f"{graph} failed: {exc}", graph) from None
+
+    # --- request resolution --------------------------------------------------------------------------
+
+    def resolve(self, request: GenerateRequest) -> GenerateRequest:
+        """Fill every default from the model, and check what this model accepts (sizes)."""
+        m = self.manifest
+        recommended = m["recommended"]
+        width = request.width or m["native_size"][1]
+        height = request.height or m["native_size"][0]
+        multiple = m["size_multiple"]
+        for name, value in (("width", width), ("height", height)):
+            if value % multiple:
+                lower, upper = max(multiple, value // multiple * multiple), (value // multiple + 1) * multiple
+                raise InvalidRequest(
+                    f"{name} {value} is not a multiple of {multiple}, which this model needs (its latents "
+                    f"are 1/{m['vae_scale_factor']} of the image and its UNet halves them "
+                    f"{int(math.log2(multiple // m['vae_scale_factor']))} times); try {lower} or {upper}", name)
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - request.count)
+        return dataclasses.replace(
+            request, width=width, height=height, seed=seed,
+            steps=request.steps or recommended["steps"],
+            guidance=request.guidance if request.guidance is not None else recommended["guidance"],
+            scheduler=request.scheduler or m["scheduler"]["default"])
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def generate(self, request: GenerateRequest, callback: ProgressCallback | None = None,
+                 latents: np.ndarray | None = None) -> GenerationResult:
+        """Image i of a call with seed s is the image seed s + i gives alone (batches, retries and
+        resumes reproduce). ``latents`` (unit normal, (count, C, h, w)) replaces the seeded ones, for tests."""
+        t0 = time.perf_counter()
+        req = self.resolve(request)
+        m = self.manifest
+        count, factor = req.count, m["vae_scale_factor"]
+        h, w = req.height // factor, req.width // factor
+        scheduler = make_scheduler(req.scheduler, m["scheduler"]["config"])
+        scheduler.set_timesteps(req.steps)
+        seeds = [req.seed + i for i in range(count)]
+        rngs = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
+        shape = (m["latent_channels"], h, w)
+        if latents is None:
+            latents = np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
+        elif latents.shape != (count, *shape):
+            raise InvalidRequest(f"latents must have shape {(count, *shape)}, got {latents.shape}", "latents")
+        latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
+
+        caught: list[str] = []
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always", TruncationWarning)
+            cond = self._conditioning(req)
+        caught += [str(r.message) for r in records]
+        t_encoded = time.perf_counter()
+
+        unet = m["unet"]["graphs"][req.tile]
+        cfg = cond.pop("cfg")
+        for i, t in enumerate(scheduler.timesteps):
+            model_in = np.concatenate([latents, latents]) if cfg else latents
+            model_in = scheduler.scale_model_input(model_in, i)
+            batch = model_in.shape[0]
+            feeds = {"sample": model_in.astype(np.float32), "timestep": np.full(batch, t, dtype=np.float32)}
+            feeds.update({k: np.repeat(v, count, axis=0) for k, v in cond.items()})
+            noise_pred = self._run(unet, feeds)[0]
+            if cfg:
+                uncond, text = noise_pred[:count], noise_pred[count:]
+                noise_pred = uncond + np.float32(req.guidance) * (text - uncond)
+            noise = (np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
+                     if scheduler.stochastic else None)
+            latents = scheduler.step(noise_pred, i, latents, noise=noise)
+            if callback is not None and callback(ProgressEvent(i + 1, req.steps, time.perf_counter() - t0,
+                                                               latents)) is False:
+                raise Cancelled(f"cancelled after step {i + 1} of {req.steps}")
+        t_denoised = time.perf_counter()
+
+        decoder = m["vae_decoder"]["graphs"][req.tile]
+        scaled = latents / np.float32(m["vae_scaling_factor"]) + np.float32(m.get("vae_shift_factor", 0.0))
+        images = []
+        for i in range(count):  # one at a time: bounded memory at large sizes, and batch-independent
+            decoded = self._run(decoder, {"latent": scaled[i:i + 1].astype(np.float32)})[0][0]
+            images.append(np.clip(decoded.transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0).astype(np.float32))
+        t_done = time.perf_counter()
+        timings = {"encode": (t_encoded - t0) * 1e3, "denoise": (t_denoised - t_encoded) * 1e3,
+                   "decode": (t_done - t_denoised) * 1e3, "total": (t_done - t0) * 1e3,
+                   "per_step": (t_denoised - t_encoded) * 1e3 / req.steps}
+        return GenerationResult(images, seeds, req, m["model_id"], m["package_hash"], self.provider, timings,
+                                caught)
+
+    def _conditioning(self, req: GenerateRequest) -> dict:
+        """UNet inputs that do not change across steps, for one image; ``cfg`` says whether the batch
+        is [unconditional, conditional]."""
+        m = self.manifest
+        timestep_cond_dim = m["unet"].get("timestep_cond_dim", 0)
+        cfg = req.guidance > 1.0 and not timestep_cond_dim
+        hidden, pooled = self._encode(req.prompt)
+        out: dict = {"cfg": cfg}
+        if cfg:
+            if not req.negative_prompt and m.get("force_zeros_for_empty_prompt"):
+                neg_hidden, neg_pooled = np.zeros_like(hidden), (None if pooled is None else np.zeros_like(pooled))
+            else:
+                neg_hidden, neg_pooled = self._encode(req.negative_prompt)
+            hidden = np.concatenate([neg_hidden, hidden])
+            pooled = None if pooled is None else np.concatenate([neg_pooled, pooled])
+        out["encoder_hidden_states"] = hidden
+        if m["unet"].get("text_time"):
+            rows = hidden.shape[0]
+            out["text_embeds"] = pooled
+            out["time_ids"] = np.tile(np.array([[req.height, req.width, 0, 0, req.height, req.width]],
+                                               dtype=np.float32), (rows, 1))
+        if timestep_cond_dim:
+            out["timestep_cond"] = guidance_embedding(req.guidance - 1.0, timestep_cond_dim)
+        return out
+
+    def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        hidden, pooled = [], None
+        for encoder, tokenizer in zip(self._encoders, self._tokenizers):
+            outputs = self._run(encoder.graph, {"input_ids": tokenizer([text])})
+            hidden.append(outputs[0])
+            if encoder.pooled:
+                pooled = outputs[1]
+        return np.concatenate(hidden, axis=-1), pooled
+
+
+def guidance_embedding(w: float, dim: int) -> np.ndarray:
+    """The sinusoidal guidance-scale embedding LCM-distilled UNets take as ``timestep_cond``."""
+    half = dim // 2
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -(np.log(np.float32(10000.0)) / (half - 1)))
+    angles = np.float32(w * 1000.0) * freqs[None, :]
+    emb = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    if dim % 2:
+        emb = np.pad(emb, ((0, 0), (0, 1)))
+    return emb.astype(np.float32)

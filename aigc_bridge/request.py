@@ -1,0 +1,100 @@
+"""The generate request, validated once at the edge (CLI, protocol, job files) and trusted inside.
+
+Standard library only: the protocol codec and the client (bundled into Blender) use it too.
+Limits here are absolute sanity bounds; what a given model accepts (size multiples) is checked by the
+engine against its manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from .errors import InvalidRequest
+
+TILE_MODES = ("none", "both", "x")
+KINDS = ("texture", "backdrop")
+FORMATS = ("png", "exr")
+SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "lcm")
+
+MAX_SIDE = 4096
+MAX_STEPS = 500
+MAX_COUNT = 16
+MAX_GUIDANCE = 50.0
+MAX_PROMPT_CHARS = 100_000  # longer prompts are truncated to the text encoder's tokens anyway
+MAX_SEED = 2**53 - 1  # exact in JSON numbers everywhere (JavaScript, Python)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """What to generate. ``None`` means "the model's default" (native size, recommended steps...)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    scheduler: str | None = None
+    tile: str = "none"
+    count: int = 1
+    kind: str = "texture"
+    format: str = "png"
+
+    def __post_init__(self) -> None:
+        _check_text("prompt", self.prompt)
+        _check_text("negative_prompt", self.negative_prompt)
+        for name, hi in (("width", MAX_SIDE), ("height", MAX_SIDE), ("steps", MAX_STEPS)):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, 1, hi)
+        _check_int("count", self.count, 1, MAX_COUNT)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, MAX_SEED - self.count)
+        if self.guidance is not None:
+            if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
+                raise InvalidRequest(f"guidance must be a number, got {type(self.guidance).__name__}",
+                                     "guidance")
+            if not math.isfinite(self.guidance) or not 0.0 <= self.guidance <= MAX_GUIDANCE:
+                raise InvalidRequest(f"guidance must be between 0 and {MAX_GUIDANCE}, got {self.guidance}",
+                                     "guidance")
+        _check_choice("scheduler", self.scheduler, SCHEDULERS, optional=True)
+        _check_choice("tile", self.tile, TILE_MODES)
+        _check_choice("kind", self.kind, KINDS)
+        _check_choice("format", self.format, FORMATS)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> tuple[GenerateRequest, list[str]]:
+        """Build from untrusted JSON; unknown keys are returned (to be reported), never fatal."""
+        if not isinstance(data, dict):
+            raise InvalidRequest("a generate request must be a JSON object", None)
+        known = {f.name for f in fields(cls)}
+        if "prompt" not in data:
+            raise InvalidRequest("prompt is required", "prompt")
+        unknown = sorted(k for k in data if k not in known)
+        return cls(**{k: v for k, v in data.items() if k in known}), unknown
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string, got {type(value).__name__}", name)
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"{name} is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}", name)
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer, got {type(value).__name__}", name)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo} and {hi}, got {value}", name)
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...], optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value not in choices:
+        raise InvalidRequest(f"{name} must be one of {', '.join(choices)}; got {value!r}", name)

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny diffusers pipelines built from configs and exported once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def _built(workdir: Path, name: str, build, **kwargs) -> Path:
+    src = workdir / f"{name}-diffusers"
+    if not src.exists():
+        build(src, **kwargs)
+    return src
+
+
+def _exported(workdir: Path, name: str, src: Path) -> Path:
+    from aigc_bridge_export.onnx_export import export_pipeline
+
+    out = workdir / f"{name}-onnx"
+    if not out.exists():
+        export_pipeline(src, out, model_id=name, log=lambda _msg: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_sd
+
+    return _built(workdir, "tiny-sd", build_tiny_sd)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(workdir, tiny_sd_src) -> Path:
+    return _exported(workdir, "tiny-sd", tiny_sd_src)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_sdxl
+
+    return _built(workdir, "tiny-sdxl", build_tiny_sdxl)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(workdir, tiny_sdxl_src) -> Path:
+    return _exported(workdir, "tiny-sdxl", tiny_sdxl_src)
+
+
+@pytest.fixture(scope="session")
+def tiny_lcm_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_sd
+
+    return _built(workdir, "tiny-lcm", build_tiny_sd, lcm=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_lcm(workdir, tiny_lcm_src) -> Path:
+    return _exported(workdir, "tiny-lcm", tiny_lcm_src)
+
+
+@pytest.fixture(scope="session")
+def sd_pipeline(tiny_sd):
+    from aigc_bridge.engine import Pipeline
+
+    return Pipeline.load(tiny_sd, provider="cpu")
+
+
+def cli(*args: str, **kwargs):
+    """Run the real `aigc-bridge` command in a subprocess."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "aigc_bridge.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
