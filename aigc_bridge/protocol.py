@@ -735,6 +735,19 @@ class _Map(_Spec):
 
 
 @dataclass(frozen=True)
+class _Free(_Spec):
+    """A JSON object passed through as sent (e.g. provenance metadata): bounded, not interpreted."""
+
+    max_items: int
+
+    def check(self, value: object, path: str, ctx: _Ctx) -> None:
+        if not isinstance(value, dict):
+            ctx.fail(path, f"must be an object, got {_json_type(value)}")
+        if len(value) > self.max_items:
+            ctx.fail(path, f"must have at most {self.max_items} entries, got {len(value)}")
+
+
+@dataclass(frozen=True)
 class _Obj(_Spec):
     """A JSON object with known fields; unknown ones are recorded in ctx.ignored (newer MINOR versions)."""
 
@@ -802,7 +815,7 @@ _BUFFERS = _List(_BUFFER, MAX_BUFFERS)
 _IMAGE = _Obj(
     required={"buffer": _Int(0, MAX_BUFFERS - 1), "seed": _Int(0, MAX_SEED), "model_id": _NAME,
               "model_hash": _HASH, "provider": _PROVIDER},
-    optional={"timings": _Map(_SECONDS, 32)},
+    optional={"timings": _Map(_SECONDS, 32), "metadata": _Free(256)},
 )
 _MODEL_REF = _Obj(required={"id": _NAME, "hash": _HASH}, optional={"name": _NAME, "loaded": _Bool()})
 _MODEL_INFO = _Obj(
@@ -837,11 +850,13 @@ _CONTENT: dict[str, _Spec] = {
     ),
     "error": _Obj(
         required={"code": _Str(1, 64, _CODE_RE), "message": _Str(0, MAX_ERROR_MESSAGE_CHARS)},
-        optional={"field": _Null(_Str(0, 256)), "retry_after_s": _Null(_SECONDS), **_IGNORED},
+        optional={"field": _Null(_Str(0, 256)), "retry_after_s": _Null(_SECONDS), "step": _Null(_COUNT),
+                  **_IGNORED},
     ),
     "cancel_reply": _Obj(
         required={"cancelled": _Bool(), "state": _IDENT},
-        optional={"target_msg_id": _Null(_ID), "target_request_key": _Null(_ID), **_IGNORED},
+        optional={"target_msg_id": _Null(_ID), "target_request_key": _Null(_ID), "step": _Null(_COUNT),
+                  **_IGNORED},
     ),
     "status_reply": _Obj(
         required={"session": _ID, "uptime_s": _SECONDS, "model": _Null(_MODEL_REF),

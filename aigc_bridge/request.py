@@ -56,7 +56,7 @@ class GenerateRequest:
             if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
                 raise InvalidRequest(f"guidance must be a number, got {type(self.guidance).__name__}",
                                      "guidance")
-            if not math.isfinite(self.guidance) or not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            if not (-math.inf < self.guidance < math.inf) or not 0.0 <= self.guidance <= MAX_GUIDANCE:
                 raise InvalidRequest(f"guidance must be between 0 and {MAX_GUIDANCE}, got {self.guidance}",
                                      "guidance")
         _check_choice("scheduler", self.scheduler, SCHEDULERS, optional=True)

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -298,37 +299,60 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
 
 
 def _export_graph(graph: _Graph, root: Path, scratch: Path, fp16: bool, log: Callable[[str], None]) -> None:
-    weights = _SharedWeights(root / f"{graph.name}.weights")
-    for tile in graph.tiles:
-        file_name = graph.name + ("" if tile == "none" else f".tile_{tile}") + ".onnx"
-        log(f"exporting {file_name}")
-        target = graph.seamless_target if graph.seamless_target is not None else graph.module
-        with seamless(target, tile), torch.no_grad():
-            traced = scratch / file_name
-            b, h, w = graph.export_shape
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(graph.module, graph.make_inputs(0, b, h, w), str(traced), dynamo=False,
-                                  opset_version=OPSET, input_names=graph.input_names,
-                                  output_names=graph.output_names, dynamic_axes=graph.dynamic_axes,
-                                  do_constant_folding=True)
-            model = onnx.load(str(traced))
-            if fp16:
-                from onnxruntime.transformers.float16 import convert_float_to_float16
+    with open(root / f"{graph.name}.weights", "wb") as weights_file:
+        weights = _SharedWeights(weights_file)
+        for tile in graph.tiles:
+            _export_variant(graph, tile, weights, root, scratch, fp16, log)
 
-                model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
-            weights.save(model, root / file_name)
-            graph.files[tile] = file_name
-            _check_parity(graph, root / file_name, fp16)
-    weights.close()
+
+def _export_variant(graph: _Graph, tile: str, weights: _SharedWeights, root: Path, scratch: Path, fp16: bool,
+                    log: Callable[[str], None]) -> None:
+    file_name = graph.name + ("" if tile == "none" else f".tile_{tile}") + ".onnx"
+    log(f"exporting {file_name}")
+    target = graph.seamless_target if graph.seamless_target is not None else graph.module
+    with seamless(target, tile), torch.no_grad():
+        traced = scratch / file_name
+        b, h, w = graph.export_shape
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph.module, graph.make_inputs(0, b, h, w), str(traced), dynamo=False,
+                              opset_version=OPSET, input_names=graph.input_names,
+                              output_names=graph.output_names, dynamic_axes=graph.dynamic_axes,
+                              do_constant_folding=True)
+        model = onnx.load(str(traced))
+        if fp16:
+            from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+            model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+                                             op_block_list=DEFAULT_OP_BLOCK_LIST)
+            _restore_fp32_resize_scales(model.graph)
+        weights.save(model, root / file_name)
+        graph.files[tile] = file_name
+        _check_parity(graph, root / file_name, fp16)
+
+
+def _restore_fp32_resize_scales(graph: onnx.GraphProto) -> None:
+    """Resize takes roi and scales in fp32 only; the fp16 converter turns their constants to fp16."""
+    producers = {out: node for node in graph.node if node.op_type == "Constant" for out in node.output}
+    for node in graph.node:
+        if node.op_type != "Resize":
+            continue
+        for name in node.input[1:3]:
+            constant = producers.get(name)
+            if constant is None:
+                continue
+            for attr in constant.attribute:
+                if attr.name == "value" and attr.t.data_type == onnx.TensorProto.FLOAT16:
+                    value = onnx.numpy_helper.to_array(attr.t).astype(np.float32)
+                    attr.t.CopyFrom(onnx.numpy_helper.from_array(value, attr.t.name))
 
 
 class _SharedWeights:
     """One external-data file for several graphs: identical tensors are stored once (by content hash)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = open(path, "wb")
+    def __init__(self, file: BinaryIO) -> None:
+        self.name = Path(file.name).name
+        self._file = file
         self._offsets: dict[str, tuple[int, int]] = {}
 
     def save(self, model: onnx.ModelProto, graph_path: Path) -> None:
@@ -354,14 +378,11 @@ class _SharedWeights:
             tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
             del tensor.external_data[:]
-            for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+            for key, value in (("location", self.name), ("offset", str(offset)), ("length", str(length))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
         self._file.flush()
         onnx.save(model, str(graph_path))
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def _initializers(graph: onnx.GraphProto):

@@ -139,3 +139,17 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     pipe.save_pretrained(out)
     return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="build a tiny random-weight diffusers pipeline from configs")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--family", choices=("sd", "sdxl", "lcm"), default="sd")
+    args = parser.parse_args()
+    if args.family == "sdxl":
+        build_tiny_sdxl(args.out_dir)
+    else:
+        build_tiny_sd(args.out_dir, lcm=args.family == "lcm")
+    print(args.out_dir)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from ..errors import InvalidRequest
+import warnings
+from importlib import metadata
+
+from ..errors import AigcError, InvalidRequest
+
+_ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml")
 
 # Short names users type, mapped to onnxruntime's provider names, fastest first.
 PROVIDERS = {
@@ -13,10 +18,31 @@ PROVIDERS = {
 }
 
 
+def import_onnxruntime():
+    """onnxruntime, or a clear error saying which build to install; warns when two builds fight over it."""
+    installed = [name for name in _ORT_DISTRIBUTIONS if _installed(name)]
+    if len(installed) > 1:
+        warnings.warn(f"{' and '.join(installed)} are installed side by side and overwrite each other's "
+                      "files; keep one (see README, 'GPU')", RuntimeWarning, stacklevel=2)
+    try:
+        import onnxruntime
+    except ImportError:
+        raise AigcError("missing_dependency", "onnxruntime is not installed: pip install 'aigc-bridge[cpu]' "
+                        "(or [gpu] for NVIDIA CUDA, [directml] for Windows GPUs)", "onnxruntime") from None
+    return onnxruntime
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def choose_providers(requested: str | None = None) -> list[str]:
     """``None`` or "auto": the fastest available provider, with CPU as the fallback for unsupported ops."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     available = ort.get_available_providers()
     if requested in (None, "auto"):
         chosen = [name for name in PROVIDERS.values() if name in available]

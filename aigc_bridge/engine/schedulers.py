@@ -22,7 +22,8 @@ from ..errors import InvalidRequest, ModelPackageError
 from ..request import SCHEDULERS
 
 _ONE = np.float32(1.0)
-_ZERO = np.float32(0.0)
+_PREDICTIONS = ("epsilon", "v_prediction", "sample")
+_SPACINGS = ("linspace", "leading", "trailing")
 
 # Keys shared by every scheduler class below, with the defaults of their __init__ signatures.
 _COMMON = {
@@ -64,11 +65,17 @@ def _unsupported(what: str) -> ModelPackageError:
     return ModelPackageError(f"the model's scheduler config uses {what}, which is not supported", "scheduler")
 
 
+def _require(cfg: dict, key: str, allowed: tuple) -> None:
+    """Refuse config values we do not implement up front, rather than mid-run."""
+    if cfg[key] not in allowed:
+        raise _unsupported(f"{key} {cfg[key]!r}")
+
+
 def _cumprod(values: np.ndarray) -> np.ndarray:
     """float32 cumulative product accumulated in float64, as torch.cumprod does on CPU (bit for bit).
 
-    A float32 accumulator drifts by ~1e-5 over 1000 steps, which matters where zero-SNR schedules make
-    the last values tiny.
+    numpy's float32 accumulator differs in the last bits, enough to reorder the tiny, non-monotonic tail of
+    zero-SNR schedules.
     """
     return np.cumprod(values.astype(np.float64)).astype(np.float32)
 
@@ -143,7 +150,13 @@ def _sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     high_idx = low_idx + 1
     low, high = log_sigmas[low_idx], log_sigmas[high_idx]
     w = np.clip((low - log_sigma) / (low - high), 0, 1)
-    return (1 - w) * low_idx + w * high_idx
+    t = (1 - w) * low_idx + w * high_idx
+    # A sigma that is a table entry (the Karras end points are) maps to that entry's index exactly.
+    # diffusers leaves that to float64-vs-float32 log rounding, which sends sigma_max to 998.99999
+    # (truncated to 998 for cosine betas) or, on the non-monotonic zero-SNR tail, to ~995.
+    close = np.abs(dists) <= 2e-6
+    last_close = close.shape[0] - 1 - np.argmax(close[::-1], axis=0)
+    return np.where(close.any(axis=0), last_close, t)
 
 
 def _karras(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
@@ -166,8 +179,9 @@ class Scheduler:
 
     name = ""
     order = 1
-    stochastic = False
+    stochastic = False  # True when step() takes noise (the caller owns the RNGs)
     init_noise_sigma = 1.0
+    cfg: dict
 
     def __init__(self, config: dict) -> None:
         self.timesteps = np.zeros(0, dtype=np.float32)
@@ -183,7 +197,8 @@ class Scheduler:
         limit = int(self.cfg["num_train_timesteps"])
         if n > limit:
             raise InvalidRequest(
-                f"steps must be at most {limit} (the model's training timesteps) for {self.name}, got {n}", "steps"
+                f"steps must be at most {limit} (the model's training timesteps) for {self.name}, got {n}",
+                "steps",
             )
         return int(n)
 
@@ -204,13 +219,15 @@ class Scheduler:
 
     def _check_index(self, step_index: int) -> int:
         if not 0 <= step_index < len(self.timesteps):
-            raise ValueError(f"step_index {step_index} is outside 0..{len(self.timesteps) - 1}; set_timesteps first?")
+            raise ValueError(
+                f"step_index {step_index} is outside 0..{len(self.timesteps) - 1}; set_timesteps first?"
+            )
         return int(step_index)
 
     @staticmethod
     def _noise(noise: np.ndarray | None, sample: np.ndarray) -> np.ndarray:
         if noise is None:
-            raise ValueError("this scheduler step adds noise: pass `noise` (unit normal, shaped like the sample)")
+            raise ValueError("this step adds noise: pass `noise` (unit normal, shaped like the sample)")
         if noise.shape != sample.shape:
             raise ValueError(f"noise shape {noise.shape} differs from the sample's {sample.shape}")
         return _as_f32(noise)
@@ -231,11 +248,10 @@ class Scheduler:
 class _SigmaScheduler(Scheduler):
     """Shared part of Euler and Euler ancestral: k-diffusion sigmas, scaled model input."""
 
-    def _check_config(self) -> None:
-        cfg = self.cfg
-        if cfg["prediction_type"] not in ("epsilon", "v_prediction", "sample"):
-            raise _unsupported(f"prediction_type {cfg['prediction_type']!r}")
-        self.alphas_cumprod = _alphas_cumprod(cfg, pin_last=True)
+    def _init_schedule(self) -> None:
+        _require(self.cfg, "prediction_type", _PREDICTIONS)
+        _require(self.cfg, "timestep_spacing", _SPACINGS)
+        self.alphas_cumprod = _alphas_cumprod(self.cfg, pin_last=True)
         self._train_sigmas = np.sqrt((1 - self.alphas_cumprod) / self.alphas_cumprod)
 
     def _finish(self, timesteps: np.ndarray, sigmas: np.ndarray, sigma_last: float) -> None:
@@ -285,9 +301,8 @@ class EulerScheduler(_SigmaScheduler):
             raise _unsupported(f"interpolation_type {cfg['interpolation_type']!r}")
         if cfg["timestep_type"] == "continuous" and cfg["prediction_type"] == "v_prediction":
             raise _unsupported("continuous (EDM) timesteps")
-        if cfg["final_sigmas_type"] not in ("zero", "sigma_min"):
-            raise _unsupported(f"final_sigmas_type {cfg['final_sigmas_type']!r}")
-        self._check_config()
+        _require(cfg, "final_sigmas_type", ("zero", "sigma_min"))
+        self._init_schedule()
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = self._check_steps(num_inference_steps)
@@ -325,7 +340,7 @@ class EulerAncestralScheduler(_SigmaScheduler):
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         self.cfg = _read_config(config, {**_COMMON, "timestep_spacing": "linspace"})
-        self._check_config()
+        self._init_schedule()
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = self._check_steps(num_inference_steps)
@@ -373,8 +388,8 @@ class DDIMScheduler(Scheduler):
         cfg = self.cfg
         if cfg["thresholding"]:
             raise _unsupported("dynamic thresholding")
-        if cfg["prediction_type"] not in ("epsilon", "v_prediction", "sample"):
-            raise _unsupported(f"prediction_type {cfg['prediction_type']!r}")
+        _require(cfg, "prediction_type", _PREDICTIONS)
+        _require(cfg, "timestep_spacing", _SPACINGS)
         self.alphas_cumprod = _alphas_cumprod(cfg, pin_last=False)
         self.final_alpha_cumprod = _ONE if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
         self._steps = np.zeros(0, dtype=np.int64)
@@ -444,14 +459,11 @@ class DPMSolverMultistepScheduler(Scheduler):
             raise _unsupported("flow-matching sigmas")
         if cfg["thresholding"] or cfg["variance_type"] is not None:
             raise _unsupported("dynamic thresholding or a learned variance")
-        if cfg["prediction_type"] not in ("epsilon", "v_prediction", "sample"):
-            raise _unsupported(f"prediction_type {cfg['prediction_type']!r}")
+        _require(cfg, "prediction_type", _PREDICTIONS)
         if cfg["solver_type"] in ("logrho", "bh1", "bh2"):
             cfg["solver_type"] = "midpoint"  # what diffusers substitutes for these UniPC/DEIS names
-        if cfg["solver_type"] not in ("midpoint", "heun"):
-            raise _unsupported(f"solver_type {cfg['solver_type']!r}")
-        if cfg["final_sigmas_type"] not in ("zero", "sigma_min"):
-            raise _unsupported(f"final_sigmas_type {cfg['final_sigmas_type']!r}")
+        _require(cfg, "solver_type", ("midpoint", "heun"))
+        _require(cfg, "final_sigmas_type", ("zero", "sigma_min"))
         self._sigma_min = _hidden(config, "sigma_min")
         self._sigma_max = _hidden(config, "sigma_max")
         self.alphas_cumprod = _alphas_cumprod(cfg, pin_last=True)
@@ -500,7 +512,9 @@ class DPMSolverMultistepScheduler(Scheduler):
             x0 = model_output
         prev, self._prev = self._prev, (i, x0)
         lower_final = i == n - 1 and (
-            cfg["euler_at_final"] or (cfg["lower_order_final"] and n < 15) or cfg["final_sigmas_type"] == "zero"
+            cfg["euler_at_final"]
+            or (cfg["lower_order_final"] and n < 15)
+            or cfg["final_sigmas_type"] == "zero"
         )
         h = lambda_t - lambda_s0
         phi = alpha_t * (np.exp(-h) - _ONE)
@@ -508,11 +522,14 @@ class DPMSolverMultistepScheduler(Scheduler):
         if prev is None or prev[0] != i - 1 or lower_final:
             return (sigma_t / sigma_s0) * sample - phi * x0
         _, _, lambda_s1 = self._alpha_sigma_lambda(self.sigmas[i - 1])
-        r0 = (lambda_s0 - lambda_s1) / h
-        d1 = (_ONE / r0) * (x0 - prev[1])
-        if cfg["solver_type"] == "midpoint":
-            return (sigma_t / sigma_s0) * sample - phi * x0 - np.float32(0.5) * phi * d1
-        return (sigma_t / sigma_s0) * sample - phi * x0 + (alpha_t * ((np.exp(-h) - _ONE) / h + _ONE)) * d1
+        # h is 0 on a sigma_min -> sigma_min final step; torch then quietly yields D1 = 0 (midpoint).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r0 = (lambda_s0 - lambda_s1) / h
+            d1 = (_ONE / r0) * (x0 - prev[1])
+            if cfg["solver_type"] == "midpoint":
+                return (sigma_t / sigma_s0) * sample - phi * x0 - np.float32(0.5) * phi * d1
+            heun = alpha_t * ((np.exp(-h) - _ONE) / h + _ONE)
+            return (sigma_t / sigma_s0) * sample - phi * x0 + heun * d1
 
 
 class LCMScheduler(Scheduler):
@@ -537,8 +554,7 @@ class LCMScheduler(Scheduler):
         cfg = self.cfg
         if cfg["thresholding"]:
             raise _unsupported("dynamic thresholding")
-        if cfg["prediction_type"] not in ("epsilon", "v_prediction", "sample"):
-            raise _unsupported(f"prediction_type {cfg['prediction_type']!r}")
+        _require(cfg, "prediction_type", _PREDICTIONS)
         original = int(cfg["original_inference_steps"])
         if not 1 <= original <= int(cfg["num_train_timesteps"]):
             raise _unsupported(f"original_inference_steps {original}")
@@ -586,7 +602,9 @@ class LCMScheduler(Scheduler):
 
 _CLASSES: dict[str, type[Scheduler]] = {
     cls.name: cls
-    for cls in (EulerScheduler, EulerAncestralScheduler, DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler)
+    for cls in (
+        EulerScheduler, EulerAncestralScheduler, DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler
+    )
 }
 assert set(_CLASSES) == set(SCHEDULERS), "request.SCHEDULERS and the implemented schedulers disagree"
 
@@ -599,5 +617,6 @@ def make_scheduler(name: str, config: dict) -> Scheduler:
     """
     cls = _CLASSES.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise InvalidRequest(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}", "scheduler")
+        raise InvalidRequest(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}",
+                             "scheduler")
     return cls(config)

@@ -1,0 +1,39 @@
+# The two commands a newcomer runs: `make demo` (generate a texture) and `make test`. Each sets itself up.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO := demo-out
+
+.PHONY: demo test lint bench gpu clean
+
+# One dev/test environment: CPU torch 2.13 (found by pip on our machines), numpy<2 (bpy needs it).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	@mkdir -p $(DEMO)
+	@test -f $(DEMO)/tiny-sd-onnx/model.json || { \
+	  $(PY) -m aigc_bridge_export.tiny $(DEMO)/tiny-sd && \
+	  $(VENV)/bin/aigc-bridge export $(DEMO)/tiny-sd $(DEMO)/tiny-sd-onnx --overwrite; }
+	$(VENV)/bin/aigc-bridge generate "red brick wall" -o $(DEMO)/wall.png --model $(DEMO)/tiny-sd-onnx \
+	  --tile both --seed 1 --steps 20
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_runtime.py
+
+# Swap the CPU onnxruntime for the CUDA build (never both: they install the same module).
+gpu: $(VENV)/.installed
+	$(PY) -m pip uninstall -y onnxruntime
+	$(PY) -m pip install onnxruntime-gpu
+
+clean:
+	rm -rf $(DEMO) .pytest_cache
