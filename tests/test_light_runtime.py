@@ -12,9 +12,12 @@ def _modules_after(code: str) -> set[str]:
     return set(out.split())
 
 
-def test_runtime_and_cli_do_not_import_torch():
-    loaded = _modules_after("import aigc_bridge.engine, aigc_bridge.cli, aigc_bridge.request")
-    assert "onnxruntime" in loaded
+def test_generating_an_image_does_not_import_torch(tiny_sd, tmp_path):
+    loaded = _modules_after(
+        "from aigc_bridge.cli import main\n"
+        f"argv = ['generate', 'red', '-o', r'{tmp_path / 'a.png'}', '--model', r'{tiny_sd}', '--steps', '1']\n"
+        "assert main(argv) == 0")
+    assert "onnxruntime" in loaded and (tmp_path / "a.png").is_file()
     assert not {"torch", "diffusers", "transformers"} & loaded
 
 
