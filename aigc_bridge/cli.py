@@ -31,6 +31,14 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=1, help="images (seeds seed, seed+1, ...)")
 
 
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", type=Path, help="with --endpoint: the sidecar's HMAC key file")
+    p.add_argument("--server-key", type=Path, help="with --endpoint: the sidecar's Curve public key file")
+    p.add_argument("--client-key", type=Path, help="this client's Curve secret key file (NAME.key_secret)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds of silence before the sidecar counts as unavailable (default %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aigc-bridge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"aigc-bridge {__version__}")
@@ -40,10 +48,42 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("-o", "--output", required=True, type=Path,
                      help="output PNG; with --count N the files are NAME-1.png ... NAME-N.png")
-    gen.add_argument("--model", type=Path, help="model package folder")
-    gen.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu")
+    where = gen.add_mutually_exclusive_group()
+    where.add_argument("--model", type=Path, help="model package folder (generate in this process)")
+    where.add_argument("--endpoint", help="generate on a running sidecar instead, e.g. tcp://127.0.0.1:5555")
+    where.add_argument("--connection-file", type=Path,
+                       help="the sidecar's connection file (endpoint, key, Curve key), as serve writes it")
+    gen.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu (with --model)")
+    _add_client_options(gen)
     _add_generation_options(gen)
     gen.set_defaults(run=_generate)
+
+    srv = sub.add_parser("serve", help="run the generation sidecar (ZeroMQ, docs/protocol.md)")
+    srv.add_argument("--model", type=Path, help="model package folder to load")
+    srv.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu")
+    srv.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    srv.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                     help="endpoint to bind (default %(default)s; port 0 picks a free port; anything but "
+                     "loopback or ipc:// needs --curve-key and --authorized-keys)")
+    srv.add_argument("--connection-file", type=Path,
+                     help="write the bound endpoint, HMAC key and Curve public key here (JSON, mode 0600)")
+    srv.add_argument("--key-file", type=Path,
+                     help="HMAC key that signs every frame (default: a new key when --connection-file is "
+                     "given, else unsigned)")
+    srv.add_argument("--curve-key", type=Path, help="the server's Curve secret key file (NAME.key_secret)")
+    srv.add_argument("--authorized-keys", type=Path,
+                     help="folder of client public keys (*.key) that may connect (CurveZMQ + ZAP)")
+    srv.add_argument("--queue", type=int, default=8, help="jobs that may wait behind the running one "
+                     "(more get a busy error at once; default %(default)s)")
+    srv.add_argument("--preview-interval", type=float, default=0.5,
+                     help="least seconds between preview images of a job; negative: no previews")
+    srv.set_defaults(run=_serve)
+
+    keys = sub.add_parser("keys", help="make a CurveZMQ key pair (NAME.key public, NAME.key_secret secret)")
+    keys.add_argument("dir", type=Path)
+    keys.add_argument("--name", default="aigc-bridge", help="file name stem (default %(default)s)")
+    keys.add_argument("--force", action="store_true", help="replace existing key files")
+    keys.set_defaults(run=_keys)
 
     exp = sub.add_parser("export", help="export a diffusers pipeline to an ONNX model package")
     exp.add_argument("source", help="diffusers pipeline folder or Hugging Face hub id")
@@ -88,6 +128,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.output.suffix.lower() != ".png":
         raise AigcError("invalid_request", f"output must be a .png file, got {args.output.name}", "output")
     request = _request_from_args(args)  # validate before loading anything
+    if args.endpoint is not None or args.connection_file is not None:
+        return _generate_remote(args, request)
     if args.model is None:
         raise AigcError("no_model", NO_MODEL_HELP, "model")
     from .engine import Pipeline
@@ -108,6 +150,96 @@ def _generate(args: argparse.Namespace) -> int:
         write_atomic(path, png_bytes(result.images[i]))
         print(f"{path}  seed {result.seeds[i]}  {resolved.width}x{resolved.height}  {resolved.steps} steps  "
               f"{result.timings_ms['total']:.0f} ms  ({result.provider})")
+    return 0
+
+
+def _connect(args: argparse.Namespace):
+    from .client import Client
+    from .server.security import read_key_file
+
+    options: dict = {"timeout": args.timeout}
+    if args.client_key is not None and args.server_key is None and args.connection_file is None:
+        raise AigcError("curve_key", "--client-key needs --server-key (or a connection file with the "
+                        "server's public key)", "server_key")
+    if args.client_key is not None:
+        options["client_keys"] = args.client_key
+    if args.connection_file is not None:
+        return Client.from_connection_file(args.connection_file, **options)
+    key = read_key_file(args.key_file) if args.key_file is not None else None
+    server_key = None
+    if args.server_key is not None:
+        from zmq.auth import load_certificate
+
+        try:
+            server_key = load_certificate(str(args.server_key))[0]
+        except (OSError, ValueError) as exc:
+            raise AigcError("curve_key", f"cannot read {args.server_key}: {exc}", "server_key") from None
+    return Client(args.endpoint, key=key, server_public_key=server_key, **options)
+
+
+def _generate_remote(args: argparse.Namespace, request) -> int:
+    """The same command, run by a sidecar through the client: nothing heavy is loaded here."""
+    from .assets.writers import write_atomic
+    from .errors import Cancelled
+    from .progress import ProgressBar
+
+    defaults = type(request)(prompt=request.prompt).to_dict()
+    fields = {k: v for k, v in request.to_dict().items() if k != "prompt" and v != defaults[k]}
+    bars: list[ProgressBar] = []
+
+    def on_progress(event) -> None:
+        if event.stage == "queued":
+            return
+        if not bars:
+            bars.append(ProgressBar(event.total, "denoising"))
+        bars[0].update(event.step)
+
+    with _connect(args) as client:
+        try:
+            response = client.generate(request.prompt, on_progress=on_progress, **fields)
+        except KeyboardInterrupt:
+            raise Cancelled("interrupted: the job was cancelled on the sidecar") from None
+        finally:
+            for bar in bars:
+                bar.close()
+    for i, path in enumerate(output_paths(args.output, len(response.images))):
+        image = response.images[i]
+        write_atomic(path, image.data)
+        meta = image.metadata
+        print(f"{path}  seed {image.seed}  {image.width}x{image.height}  {response.request['steps']} steps  "
+              f"{meta.get('timings_ms', {}).get('total', 0.0):.0f} ms  ({meta.get('provider', '?')}, sidecar)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server.app import launch
+    from .server.core import ServerConfig
+    from .server.security import new_hmac_key, read_curve_secret, read_key_file
+
+    if args.key_file is not None:
+        key = read_key_file(args.key_file)
+    else:
+        key = new_hmac_key() if args.connection_file is not None else None
+    if args.queue < 0:
+        raise AigcError("invalid_request", "--queue must be 0 or more", "queue")
+    config = ServerConfig(
+        bind=args.bind, key=key, queue_size=args.queue,
+        curve_keys=read_curve_secret(args.curve_key) if args.curve_key is not None else None,
+        authorized_keys=args.authorized_keys,
+        preview_interval_s=None if args.preview_interval < 0 else args.preview_interval)
+    if config.authorized_keys is not None and config.curve_keys is None:
+        raise AigcError("curve_key", "--authorized-keys needs --curve-key (the server's secret key)",
+                        "curve_key")
+    return launch(config, model_dir=args.model, provider=args.provider, threads=args.threads,
+                  connection_file=args.connection_file)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .server.security import make_keypair
+
+    public, secret = make_keypair(args.dir, args.name, force=args.force)
+    print(f"public key: {public}  (give it to the other side: a server lists clients' in --authorized-keys)")
+    print(f"secret key: {secret}  (mode 0600; keep it here)")
     return 0
 
 
