@@ -92,8 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--fp16", action="store_true", help="fp16 weights (GPU); SDXL's VAE stays fp32")
     exp.add_argument("--distillation", choices=("none", "turbo", "lcm"),
                      help="override detection (turbo: 1 step, no guidance; lcm: 4 steps, LCM scheduler)")
+    exp.add_argument("--optimize", choices=("none", "cpu", "gpu"), default="none",
+                     help="onnxruntime fusions (attention, LayerNorm, GELU; gpu adds GroupNorm, NHWC conv, ...); "
+                          "gpu-optimised graphs are verified on CUDA")
+    exp.add_argument("--no-seamless", action="store_true",
+                     help="skip the tile_both / tile_x graph variants (smaller and faster to export)")
     exp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     exp.set_defaults(run=_export)
+
+    from aigc_bridge_export import bench as bench_module  # stdlib-only at import; torch loads when it runs
+
+    bench = sub.add_parser("bench", help="time our runtime against diffusers on the real architectures",
+                           description=bench_module.__doc__.splitlines()[0])
+    bench_module.build_parser(bench)
+    bench.set_defaults(run=_bench)
     return parser
 
 
@@ -250,8 +262,15 @@ def _export(args: argparse.Namespace) -> int:
         raise AigcError("missing_dependency", f"export needs the export extra ({exc.name} is missing): "
                         "pip install 'aigc-bridge[export]'", "export") from None
     export_pipeline(args.source, args.out_dir, model_id=args.model_id, fp16=args.fp16,
-                    distillation=args.distillation, overwrite=args.overwrite)
+                    distillation=args.distillation, overwrite=args.overwrite, optimize=args.optimize,
+                    seamless=not args.no_seamless)
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from aigc_bridge_export import bench
+
+    return bench.report(args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ against torch at a shape other than the export sample; a package that fails is n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -136,24 +137,49 @@ def _recommended(family: str, distillation: str, timestep_cond: bool) -> dict:
     return {"steps": 25, "guidance": 5.0 if family == "sdxl" else 7.5, "scheduler": "euler"}
 
 
-def export_pipeline(source: str | Path, out_dir: str | Path, *, model_id: str | None = None,
-                    fp16: bool = False, distillation: str | None = None, overwrite: bool = False,
-                    log: Callable[[str], None] = print) -> Path:
-    """Export ``source`` (a diffusers folder or hub id) to a verified model package in ``out_dir``."""
+OPTIMIZE_TARGETS = ("none", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export. ``recommended`` overrides the manifest's recommended settings (steps, guidance,
+    scheduler, tile) for a model whose author knows better than the family defaults."""
+
+    model_id: str | None = None
+    fp16: bool = False
+    distillation: str | None = None
+    seamless: bool = True       # also export the tile_both / tile_x variants (they share the weights)
+    optimize: str = "none"      # onnxruntime transformer-optimizer fusions for the CPU or the (CUDA) GPU
+    recommended: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimize not in OPTIMIZE_TARGETS:
+            raise ExportError(f"optimize must be one of {', '.join(OPTIMIZE_TARGETS)}, got {self.optimize!r}",
+                              "optimize")
+
+
+def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log: Callable[[str], None] = print,
+                    **options) -> Path:
+    """Export ``source`` (a diffusers folder, a hub id, or a loaded DiffusionPipeline) to a verified model
+    package in ``out_dir``. ``options`` are the fields of :class:`ExportOptions`."""
     from diffusers import DiffusionPipeline
 
+    opts = ExportOptions(**options)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)", "out_dir")
-    source = str(source)
-    log(f"loading {source}")
-    try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)
-    except Exception as exc:  # diffusers raises many types for a bad source; report them all the same way
-        raise ExportError(f"could not load a diffusers pipeline from {source!r}: {exc}", "source") from None
+    if isinstance(source, DiffusionPipeline):
+        pipe, source = source, opts.model_id or getattr(source, "name_or_path", None) or "pipeline"
+    else:
+        source = str(source)
+        log(f"loading {source}")
+        try:
+            pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)
+        except Exception as exc:  # diffusers raises many types for a bad source; report them all the same way
+            raise ExportError(f"could not load a diffusers pipeline from {source!r}: {exc}", "source") from None
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
         raise ExportError(f"{source} is not a UNet text-to-image pipeline ({type(pipe).__name__})", "source")
-    family, distillation = _detect(pipe, source, distillation)
+    family, distillation = _detect(pipe, source, opts.distillation)
     for part in ("text_encoder", "text_encoder_2", "unet", "vae"):
         if getattr(pipe, part, None) is not None:
             getattr(pipe, part).eval()
@@ -161,8 +187,8 @@ def export_pipeline(source: str | Path, out_dir: str | Path, *, model_id: str | 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        manifest = _export_into(pipe, source, staging, family, distillation, fp16,
-                                model_id or _default_model_id(source), log)
+        opts = dataclasses.replace(opts, model_id=opts.model_id or _default_model_id(source))
+        manifest = _export_into(pipe, source, staging, family, distillation, opts, log)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -177,8 +203,10 @@ def _default_model_id(source: str) -> str:
     return Path(source.rstrip("/")).name if Path(source).exists() else source
 
 
-def _export_into(pipe, source: str, root: Path, family: str, distillation: str, fp16: bool, model_id: str,
+def _export_into(pipe, source: str, root: Path, family: str, distillation: str, opts: ExportOptions,
                  log: Callable[[str], None]) -> dict:
+    fp16 = opts.fp16
+    tiles = TILE_GRAPHS if opts.seamless else ("none",)
     unet_cfg, vae_cfg = pipe.unet.config, pipe.vae.config
     vae_factor = 2 ** (len(vae_cfg.block_out_channels) - 1)
     latent_multiple = 2 ** (len(unet_cfg.block_out_channels) - 1)
@@ -215,6 +243,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         })
 
     context_dim = sum(spec["hidden_size"] for spec in encoder_specs)
+    text_length = encoder_specs[0]["max_length"]  # the graph's sequence axis is fixed: trace the real one
     pooled_dim = int(pipe.text_encoder_2.config.projection_dim) if family == "sdxl" else 0
     cond_dim = int(unet_cfg.get("time_cond_proj_dim") or 0)
 
@@ -222,7 +251,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         g = torch.Generator().manual_seed(seed)
         args = [torch.randn(batch, latent_channels, h, w, generator=g),
                 torch.rand(batch, generator=g) * 999,
-                torch.randn(batch, 77, context_dim, generator=g)]
+                torch.randn(batch, text_length, context_dim, generator=g)]
         if text_time:
             args += [torch.randn(batch, pooled_dim, generator=g),
                      torch.tensor([[h * vae_factor, w * vae_factor, 0, 0, h * vae_factor, w * vae_factor]] * batch,
@@ -240,7 +269,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     m = latent_multiple
     graphs.append(_Graph("unet", _UNet(pipe.unet, text_time, timestep_cond), unet_inputs, unet_names,
                          ["out_sample"], unet_axes, (2, 2 * m, 2 * m), (3, 3 * m, 4 * m),
-                         seamless_target=pipe.unet, tiles=TILE_GRAPHS))
+                         seamless_target=pipe.unet, tiles=tiles))
 
     def latents(seed, batch, h, w):
         g = torch.Generator().manual_seed(seed)
@@ -254,7 +283,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     keep_vae_fp32 = family == "sdxl"  # the SDXL VAE overflows in fp16 (NaN / black images)
     graphs.append(_Graph("vae_decoder", _VaeDecoder(pipe.vae), latents, ["latent"], ["sample"],
                          {"latent": image_axes, "sample": image_axes}, (1, 2 * m, 2 * m), (2, 3 * m, 4 * m),
-                         seamless_target=pipe.vae, tiles=TILE_GRAPHS, fp32=keep_vae_fp32))
+                         seamless_target=pipe.vae, tiles=tiles, fp32=keep_vae_fp32))
     graphs.append(_Graph("vae_encoder", _VaeEncoder(pipe.vae), images, ["image"], ["latent_parameters"],
                          {"image": image_axes, "latent_parameters": image_axes}, (1, 2 * m, 2 * m),
                          (2, 3 * m, 4 * m), fp32=keep_vae_fp32))
@@ -262,7 +291,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     by_name = {graph.name: graph for graph in graphs}
     with tempfile.TemporaryDirectory() as scratch:
         for graph in graphs:
-            _export_graph(graph, root, Path(scratch), fp16 and not graph.fp32, log)
+            _export_graph(graph, root, Path(scratch), fp16 and not graph.fp32, opts.optimize, log)
 
     scheduler_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
     scheduler_config["_class_name"] = type(pipe.scheduler).__name__
@@ -270,13 +299,14 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         scheduler_config["timestep_spacing"] = "trailing"  # one-step turbo sampling starts at t=999
     sample_size = unet_cfg.sample_size
     sample_size = sample_size if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
-    recommended = _recommended(family, distillation, timestep_cond)
+    recommended = {**_recommended(family, distillation, timestep_cond), **(opts.recommended or {})}
     manifest = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_id": model_id, "source": source,
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_id": opts.model_id, "source": source,
         "family": family, "distillation": distillation,
         "precision": "fp16" if fp16 else "fp32",
         "precision_overrides": {"vae_decoder": "fp32", "vae_encoder": "fp32"} if fp16 and keep_vae_fp32 else {},
-        "opset": OPSET, "latent_channels": int(latent_channels), "vae_scale_factor": vae_factor,
+        "optimization": opts.optimize, "opset": OPSET, "latent_channels": int(latent_channels),
+        "vae_scale_factor": vae_factor,
         "vae_scaling_factor": float(vae_cfg.scaling_factor),
         "vae_shift_factor": float(vae_cfg.get("shift_factor") or 0.0),
         "size_multiple": vae_factor * latent_multiple,
@@ -298,15 +328,16 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     return manifest
 
 
-def _export_graph(graph: _Graph, root: Path, scratch: Path, fp16: bool, log: Callable[[str], None]) -> None:
+def _export_graph(graph: _Graph, root: Path, scratch: Path, fp16: bool, optimize: str,
+                  log: Callable[[str], None]) -> None:
     with open(root / f"{graph.name}.weights", "wb") as weights_file:
         weights = _SharedWeights(weights_file)
         for tile in graph.tiles:
-            _export_variant(graph, tile, weights, root, scratch, fp16, log)
+            _export_variant(graph, tile, weights, root, scratch, fp16, optimize, log)
 
 
 def _export_variant(graph: _Graph, tile: str, weights: _SharedWeights, root: Path, scratch: Path, fp16: bool,
-                    log: Callable[[str], None]) -> None:
+                    optimize: str, log: Callable[[str], None]) -> None:
     file_name = graph.name + ("" if tile == "none" else f".tile_{tile}") + ".onnx"
     log(f"exporting {file_name}")
     target = graph.seamless_target if graph.seamless_target is not None else graph.module
@@ -320,6 +351,8 @@ def _export_variant(graph: _Graph, tile: str, weights: _SharedWeights, root: Pat
                               output_names=graph.output_names, dynamic_axes=graph.dynamic_axes,
                               do_constant_folding=True)
         model = onnx.load(str(traced))
+        if optimize != "none":
+            model = optimize_graph(model, graph.name, optimize, log)
         if fp16:
             from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -328,7 +361,37 @@ def _export_variant(graph: _Graph, tile: str, weights: _SharedWeights, root: Pat
             _restore_fp32_resize_scales(model.graph)
         weights.save(model, root / file_name)
         graph.files[tile] = file_name
-        _check_parity(graph, root / file_name, fp16)
+        _check_parity(graph, root / file_name, fp16, optimize)
+
+
+_MODEL_TYPES = {"unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae", "text_encoder": "clip",
+                "text_encoder_2": "clip"}
+# Fusions whose contrib ops have CUDA kernels only (onnxruntime 1.2x); a CPU-optimised graph leaves them out.
+_GPU_ONLY_FUSIONS = ("enable_group_norm", "enable_skip_group_norm", "enable_nhwc_conv", "enable_bias_splitgelu",
+                     "enable_bias_add", "enable_packed_qkv", "enable_packed_kv")
+
+
+def optimize_graph(model: onnx.ModelProto, name: str, target: str, log: Callable[[str], None]) -> onnx.ModelProto:
+    """onnxruntime's transformer-optimizer fusions (attention, LayerNorm, GELU, GroupNorm, ...) for one graph,
+    as its stable-diffusion ``optimize_pipeline`` applies them, restricted to CPU kernels when ``target`` is
+    "cpu"."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model_type = _MODEL_TYPES.get(name)
+    if model_type is None:
+        return model
+    options = FusionOptions(model_type)
+    if target == "cpu":
+        for flag in _GPU_ONLY_FUSIONS:
+            setattr(options, flag, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized = optimize_model(model, model_type=model_type, num_heads=0, hidden_size=0, opt_level=0,
+                                   optimization_options=options, use_gpu=target == "gpu")
+    fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    log(f"  {name}: fused {fused or 'nothing'}")
+    return optimized.model
 
 
 def _restore_fp32_resize_scales(graph: onnx.GraphProto) -> None:
@@ -393,8 +456,9 @@ def _initializers(graph: onnx.GraphProto):
                 yield from _initializers(attr.g)
 
 
-def _check_parity(graph: _Graph, path: Path, fp16: bool) -> None:
-    """ORT (CPU) against torch on fresh random inputs at a shape other than the export sample."""
+def _check_parity(graph: _Graph, path: Path, fp16: bool, optimize: str = "none") -> None:
+    """onnxruntime against torch on fresh random inputs at a shape other than the export sample, on the CPU,
+    or on CUDA for GPU-optimised graphs (their fused kernels exist only there)."""
     import onnxruntime as ort
 
     b, h, w = graph.check_shape
@@ -404,7 +468,11 @@ def _check_parity(graph: _Graph, path: Path, fp16: bool) -> None:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        provider = "CUDAExecutionProvider" if optimize == "gpu" else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            raise ExportError("GPU-optimised graphs are verified on CUDA: install onnxruntime-gpu and run the "
+                              "export on an NVIDIA GPU, or export with --optimize cpu / none", "optimize")
+        session = ort.InferenceSession(str(path), options, providers=[provider])
         feeds = {name: t.numpy() for name, t in zip(graph.input_names, inputs)}
         actual = session.run(graph.output_names, feeds)
     except Exception as exc:

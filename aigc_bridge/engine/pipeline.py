@@ -22,6 +22,7 @@ from ..errors import AigcError, Cancelled, InvalidRequest
 from ..request import MAX_SEED, GenerateRequest
 from .package import ModelPackage
 from .providers import choose_providers, import_onnxruntime
+from .runner import BoundGraphRunner, CudaGraphRunner, GraphRunner
 from .schedulers import make_scheduler
 from .tokenizer import PromptTokenizer, TruncationWarning
 
@@ -61,7 +62,10 @@ class GenerationResult:
 class Pipeline:
     """A loaded model package, ready to generate. Sessions for the seamless graphs load on first use."""
 
-    def __init__(self, package: ModelPackage, provider: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, package: ModelPackage, provider: str | None = None, threads: int | None = None,
+                 io_binding: bool | None = None, cuda_graph: bool = False) -> None:
+        """``io_binding`` (default: on for GPU providers) keeps the conditioning on the device across steps;
+        ``cuda_graph`` replays the UNet as a captured CUDA graph for the first shape it sees (CUDA only)."""
         ort = import_onnxruntime()
         self.package = package
         self.manifest = package.manifest
@@ -75,6 +79,13 @@ class Pipeline:
         if threads:
             self._options.intra_op_num_threads = threads
         self._sessions: dict[str, object] = {}
+        self._runners: dict[str, GraphRunner] = {}
+        self._cuda_graphs: dict[str, CudaGraphRunner] = {}
+        on_gpu = self._providers[0] != "CPUExecutionProvider"
+        self._io_binding = on_gpu if io_binding is None else io_binding
+        if cuda_graph and self._providers[0] != "CUDAExecutionProvider":
+            raise InvalidRequest("CUDA graphs need the CUDA provider", "cuda_graph")
+        self._cuda_graph = cuda_graph
         self._encoders = package.text_encoders
         self._tokenizers = [PromptTokenizer(package.path(e.tokenizer), e.max_length, e.pad_token_id)
                             for e in self._encoders]
@@ -85,8 +96,8 @@ class Pipeline:
 
     @classmethod
     def load(cls, model_dir: str | Path, provider: str | None = None, verify: bool = True,
-             threads: int | None = None) -> Pipeline:
-        return cls(ModelPackage.load(model_dir, verify=verify), provider=provider, threads=threads)
+             threads: int | None = None, **options) -> Pipeline:
+        return cls(ModelPackage.load(model_dir, verify=verify), provider=provider, threads=threads, **options)
 
     @property
     def provider(self) -> str:
@@ -103,13 +114,37 @@ class Pipeline:
                 raise AigcError("model_package", f"cannot load {graph}: {exc}", graph) from None
         return self._sessions[graph]
 
+    def _runner(self, graph: str, constants: dict[str, np.ndarray] | None = None) -> GraphRunner:
+        """The runner for ``graph``, prepared with inputs that stay the same for the whole call."""
+        constants = constants or {}
+        if graph not in self._runners:
+            kind = BoundGraphRunner if self._io_binding else GraphRunner
+            self._runners[graph] = kind(self._session(graph), graph)
+        runner = self._runners[graph]
+        runner.prepare(constants)
+        return runner
+
+    def _unet_runner(self, graph: str, constants: dict[str, np.ndarray], sample_shape: tuple) -> GraphRunner:
+        """With ``cuda_graph``, the captured graph serves every call with the shapes of its first one."""
+        if self._cuda_graph:
+            runner = self._cuda_graph_runner(graph)
+            shapes = {**{k: v.shape for k, v in constants.items()}, "sample": sample_shape,
+                      "timestep": sample_shape[:1]}
+            if runner.accepts(shapes):
+                runner.prepare(constants)
+                return runner
+        return self._runner(graph, constants)
+
+    def _cuda_graph_runner(self, graph: str) -> CudaGraphRunner:
+        if graph not in self._cuda_graphs:
+            ort = import_onnxruntime()
+            providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
+            session = ort.InferenceSession(str(self.package.path(graph)), self._options, providers=providers)
+            self._cuda_graphs[graph] = CudaGraphRunner(session, graph)
+        return self._cuda_graphs[graph]
+
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        try:
-            return self._session(graph).run(None, feeds)
-        except AigcError:
-            raise
-        except Exception as exc:
-            raise AigcError("inference_failed", f"{graph} failed: {exc}", graph) from None
+        return self._runner(graph)(feeds)
 
     # --- request resolution --------------------------------------------------------------------------
 
@@ -163,15 +198,15 @@ class Pipeline:
         caught += [str(r.message) for r in records]
         t_encoded = time.perf_counter()
 
-        unet = m["unet"]["graphs"][req.tile]
         cfg = cond.pop("cfg")
+        batch = count * (2 if cfg else 1)
+        constants = {k: np.repeat(v, count, axis=0) for k, v in cond.items()}
+        unet = self._unet_runner(m["unet"]["graphs"][req.tile], constants, (batch, *shape))
         for i, t in enumerate(scheduler.timesteps):
             model_in = np.concatenate([latents, latents]) if cfg else latents
             model_in = scheduler.scale_model_input(model_in, i)
-            batch = model_in.shape[0]
             feeds = {"sample": model_in.astype(np.float32), "timestep": np.full(batch, t, dtype=np.float32)}
-            feeds.update({k: np.repeat(v, count, axis=0) for k, v in cond.items()})
-            noise_pred = self._run(unet, feeds)[0]
+            noise_pred = unet(feeds)[0]
             if cfg:
                 uncond, text = noise_pred[:count], noise_pred[count:]
                 noise_pred = uncond + np.float32(req.guidance) * (text - uncond)

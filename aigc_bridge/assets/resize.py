@@ -1,0 +1,77 @@
+"""Sizes engines want: power-of-two resampling that keeps the wrap, and the box mip chain engines build.
+
+Resampling is Lanczos-3 (Pillow, float32 per channel) on a copy padded with the image's own wrapped
+pixels, cropped by Pillow's ``box`` argument: every output pixel sees the neighbours it would see in an
+endless tiling, so the result is exactly periodic (a shifted input gives the shifted output). Axes that do
+not wrap are padded symmetrically instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from ..request import MAX_SIDE
+from .periodic import wrap_axes
+
+MIN_TARGET = 16  # smaller than this is not a texture an engine wants
+
+
+def is_power_of_two(n: int) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
+
+
+def check_target_size(target_size: object, field: str = "target_size") -> int:
+    """Engine mode: a power of two between 16 and the largest side a request may have."""
+    if isinstance(target_size, bool) or not isinstance(target_size, int):
+        raise InvalidRequest(f"{field} must be an integer, got {type(target_size).__name__}", field)
+    if not is_power_of_two(target_size) or not MIN_TARGET <= target_size <= MAX_SIDE:
+        sizes = ", ".join(str(1 << k) for k in range(int(math.log2(MIN_TARGET)), int(math.log2(MAX_SIDE)) + 1))
+        raise InvalidRequest(f"{field} must be a power of two for game engines ({sizes}); got {target_size}",
+                             field)
+    return target_size
+
+
+def resize(image: np.ndarray, width: int, height: int, tile: str = "both") -> np.ndarray:
+    """Resample an H x W (x C) float image to ``height`` x ``width``, wrapping the axes ``tile`` wraps."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image.astype(np.float32)
+    wrap_y, wrap_x = wrap_axes(tile)
+    # Lanczos-3 reaches 3 source pixels when enlarging and 3 x (shrink factor) when reducing; +2 for rounding.
+    pad_y = int(math.ceil(3 * max(1.0, h / height))) + 2
+    pad_x = int(math.ceil(3 * max(1.0, w / width))) + 2
+    padded = _pad_edges(image, pad_y, pad_x, wrap_y, wrap_x)  # np.pad repeats as often as needed
+    box = (pad_x, pad_y, pad_x + w, pad_y + h)
+    channels = padded[..., None] if padded.ndim == 2 else padded
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c], np.float32), mode="F")
+                      .resize((width, height), Image.LANCZOS, box=box))
+           for c in range(channels.shape[2])]
+    result = np.stack(out, axis=-1)
+    return result[..., 0] if image.ndim == 2 else result
+
+
+def _pad_edges(image: np.ndarray, pad_y: int, pad_x: int, wrap_y: bool, wrap_x: bool) -> np.ndarray:
+    extra = [(0, 0)] * (image.ndim - 2)
+    out = np.pad(image, [(pad_y, pad_y), (0, 0), *extra], mode="wrap" if wrap_y else "symmetric")
+    return np.pad(out, [(0, 0), (pad_x, pad_x), *extra], mode="wrap" if wrap_x else "symmetric")
+
+
+def mip_chain(image: np.ndarray) -> list[np.ndarray]:
+    """Level 0 and every 2 x 2 box-filtered level down to 1 pixel on the short side, as GPUs build them.
+
+    A box filter over aligned 2 x 2 blocks of an even-sized periodic image is itself periodic, which is
+    why power-of-two sizes keep their seams invisible at every level; an odd level would misalign.
+    """
+    levels = [image.astype(np.float32)]
+    while min(levels[-1].shape[:2]) > 1:
+        prev = levels[-1]
+        h, w = prev.shape[:2]
+        if h % 2 or w % 2:
+            raise InvalidRequest(f"a {w}x{h} mip level cannot be halved; use power-of-two sizes", "target_size")
+        levels.append(prev.reshape(h // 2, 2, w // 2, 2, *prev.shape[2:]).mean(axis=(1, 3)))
+    return levels
