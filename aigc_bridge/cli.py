@@ -25,10 +25,17 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--width", type=int, help="image width in pixels (default: the model's native size)")
     p.add_argument("--height", type=int, help="image height in pixels")
-    p.add_argument("--tile", choices=("none", "both", "x"), default="none",
+    p.add_argument("--tile", choices=("none", "both", "x"),
                    help="seamless: both = tileable texture, x = wraps horizontally (360-degree panorama)")
     p.add_argument("--scheduler", choices=("euler", "euler_a", "ddim", "dpmpp_2m", "lcm"))
     p.add_argument("--count", type=int, default=1, help="images (seeds seed, seed+1, ...)")
+    p.add_argument("--kind", choices=("texture", "backdrop"), default="texture",
+                   help="backdrop: a 360-degree equirectangular sky (2:1, wraps on x) with cube faces and a skydome")
+    p.add_argument("--pbr", action="store_true", help="textures: also normal, roughness, height, AO, ORM maps")
+    p.add_argument("--target-size", type=int, help="engine mode: output width, a power of two (512, 1024, 2048)")
+    p.add_argument("--normal-convention", choices=("opengl", "directx"), default="opengl",
+                   help="normal map green channel: +Y (Blender, glTF, Unity, Godot) or -Y (DirectX engines)")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth of colour and data maps")
 
 
 def _add_client_options(p: argparse.ArgumentParser) -> None:
@@ -46,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate images from a prompt")
     gen.add_argument("prompt")
-    gen.add_argument("-o", "--output", required=True, type=Path,
+    gen.add_argument("-o", "--output", required=True, type=Path,  # names: docs/outputs.md
                      help="output PNG; with --count N the files are NAME-1.png ... NAME-N.png")
     where = gen.add_mutually_exclusive_group()
     where.add_argument("--model", type=Path, help="model package folder (generate in this process)")
@@ -124,7 +131,10 @@ def _request_from_args(args: argparse.Namespace):
 
     return GenerateRequest(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
                            height=args.height, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                           scheduler=args.scheduler, tile=args.tile, count=args.count)
+                           scheduler=args.scheduler, tile=args.tile, count=args.count, kind=args.kind,
+                           format="exr" if args.output.suffix.lower() == ".exr" else "png", pbr=args.pbr,
+                           target_size=args.target_size, normal_convention=args.normal_convention,
+                           bit_depth=args.bit_depth)
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -134,11 +144,11 @@ def output_paths(output: Path, count: int) -> list[Path]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .assets.writers import png_bytes, write_atomic
+    from .assets.outputs import write_outputs
     from .progress import ProgressBar
 
-    if args.output.suffix.lower() != ".png":
-        raise AigcError("invalid_request", f"output must be a .png file, got {args.output.name}", "output")
+    if args.output.suffix.lower() not in (".png", ".exr"):
+        raise AigcError("invalid_request", f"output must be a .png or .exr file, got {args.output.name}", "output")
     request = _request_from_args(args)  # validate before loading anything
     if args.endpoint is not None or args.connection_file is not None:
         return _generate_remote(args, request)
@@ -159,10 +169,21 @@ def _generate(args: argparse.Namespace) -> int:
     for message in result.warnings:
         print(f"aigc-bridge: warning: {message}", file=sys.stderr)
     for i, path in enumerate(output_paths(args.output, resolved.count)):
-        write_atomic(path, png_bytes(result.images[i]))
-        print(f"{path}  seed {result.seeds[i]}  {resolved.width}x{resolved.height}  {resolved.steps} steps  "
-              f"{result.timings_ms['total']:.0f} ms  ({result.provider})")
+        files = write_outputs(result.images[i], result.metadata(i), path, kind=resolved.kind, pbr=resolved.pbr,
+                              target_size=resolved.target_size, normal_convention=resolved.normal_convention,
+                              bit_depth=resolved.bit_depth)
+        _report(path, [(f.path, f.role, f.colour_space) for f in files], result.seeds[i],
+                f"{files[0].width}x{files[0].height}  {resolved.steps} steps  {result.timings_ms['total']:.0f} ms  "
+                f"({result.provider})")
     return 0
+
+
+def _report(path: Path, files: list[tuple[Path, str, str | None]], seed: int, detail: str) -> None:
+    """One line per image, then one indented line per other file of its set (role, colour space)."""
+    print(f"{path}  seed {seed}  {detail}")
+    for other, role, colour_space in files:
+        if other != path:
+            print(f"  {other}  ({role}{', ' + colour_space if colour_space else ''})")
 
 
 def _connect(args: argparse.Namespace):
@@ -191,7 +212,7 @@ def _connect(args: argparse.Namespace):
 
 def _generate_remote(args: argparse.Namespace, request) -> int:
     """The same command, run by a sidecar through the client: nothing heavy is loaded here."""
-    from .assets.writers import write_atomic
+    from .assets.writers import write_all_atomic
     from .errors import Cancelled
     from .progress import ProgressBar
 
@@ -216,10 +237,13 @@ def _generate_remote(args: argparse.Namespace, request) -> int:
                 bar.close()
     for i, path in enumerate(output_paths(args.output, len(response.images))):
         image = response.images[i]
-        write_atomic(path, image.data)
+        named = [(path.with_suffix(".png"), "image", "srgb", image.data)]
+        named += [(path.with_name(path.stem + o.suffix), o.role, o.colour_space, o.data) for o in image.outputs]
+        write_all_atomic([(p, data) for p, _, _, data in named])
         meta = image.metadata
-        print(f"{path}  seed {image.seed}  {image.width}x{image.height}  {response.request['steps']} steps  "
-              f"{meta.get('timings_ms', {}).get('total', 0.0):.0f} ms  ({meta.get('provider', '?')}, sidecar)")
+        _report(path.with_suffix(".png"), [row[:3] for row in named], image.seed,
+                f"{image.width}x{image.height}  {response.request['steps']} steps  "
+                f"{meta.get('timings_ms', {}).get('total', 0.0):.0f} ms  ({meta.get('provider', '?')}, sidecar)")
     return 0
 
 

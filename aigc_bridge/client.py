@@ -173,9 +173,22 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class OutputFile:
+    """One more file of an image's output set (docs/outputs.md): a PBR map, a cube face, the skydome GLB, the
+    provenance JSON. Its name is the caller's stem + ``suffix`` (``wall`` + ``_normal.png``)."""
+
+    role: str
+    suffix: str
+    data: bytes
+    mime: str
+    colour_space: str | None
+
+
+@dataclass(frozen=True)
 class GeneratedImage:
-    """One image as the server encoded it (PNG bytes) and what made it (``metadata``: the effective
-    request with this image's seed, model id and hash, provider, timings, tool version)."""
+    """One image as the server encoded it (PNG bytes), what made it (``metadata``: the effective request
+    with this image's seed, model id and hash, provider, timings, tool version) and, since protocol 1.1,
+    the rest of its output set (``outputs``)."""
 
     data: bytes
     mime: str
@@ -183,6 +196,10 @@ class GeneratedImage:
     width: int | None
     height: int | None
     metadata: dict = field(default_factory=dict)
+    outputs: tuple[OutputFile, ...] = ()
+
+    def output(self, role: str) -> OutputFile | None:
+        return next((o for o in self.outputs if o.role == role), None)
 
     def to_numpy(self):
         """H x W x 3 uint8 array (needs numpy and Pillow, which the client does not require)."""
@@ -223,7 +240,10 @@ class GenerateResponse:
             GeneratedImage(data=msg.buffers[img["buffer"]], mime=descriptors[img["buffer"]]["mime"],
                            seed=img["seed"], width=descriptors[img["buffer"]].get("width"),
                            height=descriptors[img["buffer"]].get("height"),
-                           metadata={**prompts, **img["metadata"]} if "metadata" in img else {})
+                           metadata={**prompts, **img["metadata"]} if "metadata" in img else {},
+                           outputs=tuple(OutputFile(o["role"], o["suffix"], msg.buffers[o["buffer"]],
+                                                    descriptors[o["buffer"]]["mime"], o.get("colour_space"))
+                                         for o in img.get("outputs", ())))
             for img in c["images"])
         return cls(images, c["request"], c["composed_prompt"], tuple(c.get("ignored_fields", ())),
                    msg.request_key or "", msg.session)

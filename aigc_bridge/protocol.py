@@ -66,7 +66,7 @@ __all__ = [
     "with_routing",
 ]
 
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
 _MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 # The delimiter between routing ids and the message, like Jupyter's b"<IDS|MSG>". It does not carry the
@@ -75,7 +75,7 @@ _MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 MAGIC = b"<AIGC|MSG>"
 
 # --- limits (the server also derives zmq options from these) -------------------------------------------
-MAX_BUFFERS = 128  # 16 images x (image + PBR maps) with room to spare
+MAX_BUFFERS = 256  # 16 images x (image + PBR maps, or backdrop + 6 cube faces + skydome) + JSON
 MAX_FRAMES = 5 + MAX_BUFFERS  # magic, signature, header, parent_id, content, buffers
 MAX_ROUTING_IDS = 16  # routing-id frames split_routing looks through (one per ROUTER/broker hop)
 MAX_ID_CHARS = 128  # msg_id, request_key, session, parent_id
@@ -129,6 +129,8 @@ _ID_RE = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_ID_CHARS}}}")
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _CODE_RE = _TYPE_RE
 _IDENT_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# An output's file-name suffix after the client's chosen stem ("_normal.png", ".json"): never a path.
+_SUFFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+\-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+\-]{0,63}")
 _VERSION_RE = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")
 _DATE_RE = re.compile(
@@ -812,10 +814,14 @@ _BUFFER = _Obj(
 )
 _BUFFERS = _List(_BUFFER, MAX_BUFFERS)
 
+_OUTPUT = _Obj(
+    required={"buffer": _Int(0, MAX_BUFFERS - 1), "role": _IDENT, "suffix": _Str(1, 64, _SUFFIX_RE)},
+    optional={"colour_space": _Null(_IDENT)},
+)
 _IMAGE = _Obj(
     required={"buffer": _Int(0, MAX_BUFFERS - 1), "seed": _Int(0, MAX_SEED), "model_id": _NAME,
               "model_hash": _HASH, "provider": _PROVIDER},
-    optional={"timings": _Map(_SECONDS, 32), "metadata": _Free(256)},
+    optional={"timings": _Map(_SECONDS, 32), "metadata": _Free(256), "outputs": _List(_OUTPUT, 32)},
 )
 _MODEL_REF = _Obj(required={"id": _NAME, "hash": _HASH}, optional={"name": _NAME, "loaded": _Bool()})
 _MODEL_INFO = _Obj(
@@ -908,7 +914,15 @@ def _check_content(
                 ctx.fail(f"buffers[{ref}].mime", f"of an image must be one of {', '.join(IMAGE_MIMES)}")
         if len(set(refs)) != len(refs) or len(refs) != roles.count("image"):
             ctx.fail("images", "must name each image buffer exactly once")
-        ctx.ignored.extend(f"buffers[{i}]" for i, role in enumerate(roles) if role != "image")
+        used = set(refs)
+        for i, image in enumerate(body["images"]):
+            for j, output in enumerate(image.get("outputs", ())):
+                ref = output["buffer"]
+                if ref >= len(roles) or roles[ref] != output["role"] or output["role"] == "image" or ref in used:
+                    ctx.fail(f"images[{i}].outputs[{j}].buffer",
+                             f"must name an unused buffer whose role is {output['role']}, got {ref}")
+                used.add(ref)
+        ctx.ignored.extend(f"buffers[{i}]" for i in range(len(roles)) if i not in used)
     else:
         ctx.ignored.extend(f"buffers[{i}]" for i in range(len(buffers)))
     return request

@@ -15,6 +15,8 @@ from .errors import InvalidRequest
 TILE_MODES = ("none", "both", "x")
 KINDS = ("texture", "backdrop")
 FORMATS = ("png", "exr")
+NORMAL_CONVENTIONS = ("opengl", "directx")
+BIT_DEPTHS = (8, 16)
 SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "lcm")
 
 MAX_SIDE = 4096
@@ -23,11 +25,28 @@ MAX_COUNT = 16
 MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 100_000  # longer prompts are truncated to the text encoder's tokens anyway
 MAX_SEED = 2**53 - 1  # exact in JSON numbers everywhere (JavaScript, Python)
+MIN_TARGET = 16
+
+
+def is_power_of_two(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
+
+
+def check_target_size(target_size: object, field: str = "target_size") -> int:
+    """Engine mode: a power of two between 16 and the largest side a request may have."""
+    if isinstance(target_size, bool) or not isinstance(target_size, int):
+        raise InvalidRequest(f"{field} must be an integer, got {type(target_size).__name__}", field)
+    if not is_power_of_two(target_size) or not MIN_TARGET <= target_size <= MAX_SIDE:
+        sizes = ", ".join(str(1 << k) for k in range(MIN_TARGET.bit_length() - 1, MAX_SIDE.bit_length()))
+        raise InvalidRequest(f"{field} must be a power of two for game engines ({sizes}); got {target_size}", field)
+    return target_size
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """What to generate. ``None`` means "the model's default" (native size, recommended steps...)."""
+    """What to generate. ``None`` means "the model's default" (native size, recommended steps, the model's
+    tiling; a backdrop defaults to 2:1 and wrapping on x). The last four fields shape the output files
+    (docs/outputs.md): PBR maps, engine size, normal convention and PNG depth."""
 
     prompt: str
     negative_prompt: str = ""
@@ -37,10 +56,14 @@ class GenerateRequest:
     guidance: float | None = None
     seed: int | None = None
     scheduler: str | None = None
-    tile: str = "none"
+    tile: str | None = None
     count: int = 1
     kind: str = "texture"
     format: str = "png"
+    pbr: bool = False
+    target_size: int | None = None
+    normal_convention: str = "opengl"
+    bit_depth: int = 8
 
     def __post_init__(self) -> None:
         _check_text("prompt", self.prompt)
@@ -60,9 +83,21 @@ class GenerateRequest:
                 raise InvalidRequest(f"guidance must be between 0 and {MAX_GUIDANCE}, got {self.guidance}",
                                      "guidance")
         _check_choice("scheduler", self.scheduler, SCHEDULERS, optional=True)
-        _check_choice("tile", self.tile, TILE_MODES)
+        _check_choice("tile", self.tile, TILE_MODES, optional=True)
         _check_choice("kind", self.kind, KINDS)
         _check_choice("format", self.format, FORMATS)
+        _check_choice("normal_convention", self.normal_convention, NORMAL_CONVENTIONS)
+        if self.bit_depth not in BIT_DEPTHS or isinstance(self.bit_depth, bool):
+            raise InvalidRequest(f"bit_depth must be 8 or 16, got {self.bit_depth!r}", "bit_depth")
+        if not isinstance(self.pbr, bool):
+            raise InvalidRequest(f"pbr must be true or false, got {self.pbr!r}", "pbr")
+        if self.pbr and self.kind == "backdrop":
+            raise InvalidRequest("PBR maps are for textures; a backdrop has none (use kind texture)", "pbr")
+        if self.target_size is not None:
+            check_target_size(self.target_size)
+        if self.kind == "backdrop" and self.width and self.height and self.width != 2 * self.height:
+            raise InvalidRequest(f"a backdrop is equirectangular, 2:1: width must be twice the height "
+                                 f"({2 * self.height} for height {self.height}), got {self.width}", "width")
 
     @classmethod
     def from_dict(cls, data: dict) -> tuple[GenerateRequest, list[str]]:

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from aigc_bridge.assets.pbr import normal_from_height, normal_vectors, pbr_maps
-from aigc_bridge.assets.resize import check_target_size, mip_chain, resize
+from aigc_bridge.assets.resize import mip_chain, resize
 from aigc_bridge.assets.seams import seam_ratio, tile_2x2
 from aigc_bridge.errors import InvalidRequest
+from aigc_bridge.request import check_target_size
 
 SEAMLESS = 1.5    # seam / interior step ratio a tileable map stays under (measured 0.8-1.2)
 SEAM = 2.5        # ... and a map that does not tile goes over (measured 3-20)

@@ -50,7 +50,7 @@ def test_a_graph_that_fails_parity_is_refused(tmp_path):
     graph = _Graph("bad", ShapeDependent(), lambda seed, b, h, w: (torch.ones(b, 1, h, w),), ["x"], ["y"],
                    {"x": {0: "b", 2: "h", 3: "w"}}, (1, 4, 4), (2, 6, 8))
     with pytest.raises(ExportError, match="parity check failed for bad.onnx"):
-        _export_graph(graph, tmp_path, tmp_path, fp16=False, log=lambda _m: None)
+        _export_graph(graph, tmp_path, tmp_path, fp16=False, optimize="none", log=lambda _m: None)
 
 
 def test_export_cli_and_bad_source(tiny_sd_src, tmp_path):

@@ -293,16 +293,16 @@ def test_unreadable_version_is_malformed(version: object) -> None:
 
 def test_newer_minor_version_fields_are_ignored_and_reported() -> None:
     frames = forge(key=KEY, header={"version": "1.7", "priority": 3},
-                   content={"prompt": "bark", "pbr_maps": {"normal": True}, "target_size": [2048, 2048]})
+                   content={"prompt": "bark", "pbr_maps": {"normal": True}, "lighting_rig": [2048, 2048]})
     server = Codec(KEY, accept=REQUEST_TYPES)
     msg = server.decode(frames)
     assert msg.version == "1.7"
     assert msg.request == GenerateRequest(prompt="bark")
-    assert msg.ignored_fields == ("header.priority", "pbr_maps", "target_size")
+    assert msg.ignored_fields == ("header.priority", "lighting_rig", "pbr_maps")
     # ...and they travel back to the client in the final reply
     content = dict(SAMPLES["result"][0], ignored_fields=list(msg.ignored_fields))
     reply = Codec(KEY).decode(server.reply(msg, "result", content, SAMPLES["result"][1]))
-    assert reply.content["ignored_fields"] == ["header.priority", "pbr_maps", "target_size"]
+    assert reply.content["ignored_fields"] == ["header.priority", "lighting_rig", "pbr_maps"]
 
 
 def test_unknown_nested_reply_fields_and_buffer_roles_are_reported() -> None:

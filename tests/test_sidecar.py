@@ -119,7 +119,7 @@ def test_cli_generate_through_the_sidecar_writes_the_same_png(shared, sd_pipelin
 
 def test_requests_the_engine_refuses_fail_at_once_naming_the_field(shared) -> None:
     with shared.client() as client:
-        for fields, where in (({"format": "exr"}, "format"), ({"width": 66}, "width")):
+        for fields, where in (({"height": 66}, "height"), ({"width": 66}, "width")):
             start = time.monotonic()
             with pytest.raises(AigcError) as info:
                 client.generate("x", steps=2, **fields)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..request import KINDS, MAX_SIDE
+from ..request import KINDS, MAX_SIDE, check_target_size, is_power_of_two
 from .colour import DATA, LINEAR_REC709, SRGB, srgb_to_linear
 from .gltf import material_glb, skydome_glb
 from .panorama import (
@@ -29,7 +29,7 @@ from .panorama import (
 from .pbr import DEFAULT_DEPTH, check_convention, normal_from_height, pbr_maps
 from .periodic import wrap_axes
 from .provenance import provenance_bytes
-from .resize import check_target_size, is_power_of_two, resize
+from .resize import resize
 from .writers import exr_bytes, png_bytes, write_all_atomic
 
 MIN_SIDE = 8

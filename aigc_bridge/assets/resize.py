@@ -13,25 +13,7 @@ import math
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..request import MAX_SIDE
 from .periodic import wrap_axes
-
-MIN_TARGET = 16  # smaller than this is not a texture an engine wants
-
-
-def is_power_of_two(n: int) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
-
-
-def check_target_size(target_size: object, field: str = "target_size") -> int:
-    """Engine mode: a power of two between 16 and the largest side a request may have."""
-    if isinstance(target_size, bool) or not isinstance(target_size, int):
-        raise InvalidRequest(f"{field} must be an integer, got {type(target_size).__name__}", field)
-    if not is_power_of_two(target_size) or not MIN_TARGET <= target_size <= MAX_SIDE:
-        sizes = ", ".join(str(1 << k) for k in range(int(math.log2(MIN_TARGET)), int(math.log2(MAX_SIDE)) + 1))
-        raise InvalidRequest(f"{field} must be a power of two for game engines ({sizes}); got {target_size}",
-                             field)
-    return target_size
 
 
 def resize(image: np.ndarray, width: int, height: int, tile: str = "both") -> np.ndarray:

@@ -154,6 +154,10 @@ class Pipeline:
         recommended = m["recommended"]
         width = request.width or m["native_size"][1]
         height = request.height or m["native_size"][0]
+        if request.kind == "backdrop" and not (request.width and request.height):
+            # equirectangular: 2:1, from whichever side was given (or the native height)
+            height = request.height or (request.width // 2 if request.width else height)
+            width = 2 * height
         multiple = m["size_multiple"]
         for name, value in (("width", width), ("height", height)):
             if value % multiple:
@@ -163,11 +167,15 @@ class Pipeline:
                     f"are 1/{m['vae_scale_factor']} of the image and its UNet halves them "
                     f"{int(math.log2(multiple // m['vae_scale_factor']))} times); try {lower} or {upper}", name)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - request.count)
+        tile = request.tile or ("x" if request.kind == "backdrop" else recommended.get("tile", "none"))
+        if tile not in m["unet"]["graphs"] or tile not in m["vae_decoder"]["graphs"]:
+            raise InvalidRequest(f"tile {tile} is not available: this model package was exported without its "
+                                 "seamless graphs (re-export it without --no-seamless)", "tile")
         return dataclasses.replace(
             request, width=width, height=height, seed=seed,
             steps=request.steps or recommended["steps"],
             guidance=request.guidance if request.guidance is not None else recommended["guidance"],
-            scheduler=request.scheduler or m["scheduler"]["default"])
+            scheduler=request.scheduler or m["scheduler"]["default"], tile=tile)
 
     # --- the loop ------------------------------------------------------------------------------------
 

@@ -377,8 +377,6 @@ class Server:
                 found.attach(route, msg.msg_id)
                 self._send_job(found, "progress", self._progress_now(found))
             return
-        if req.format != "png":
-            raise InvalidRequest(f"format {req.format} is not supported yet by this server; use png", "format")
         if self._pipeline is None:
             raise AigcError("no_model", "this server has no model loaded: start it with --model DIR", "model")
         if self._draining:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import zmq
 
-from ..assets.writers import png_bytes
+from ..assets.outputs import build_outputs
 from ..errors import AigcError, Cancelled
 from ..protocol import error_content
 from .jobs import Job, JobBoard
 from .preview import latent_preview
 
 log = logging.getLogger("aigc_bridge.server")
+_STEM = "image"  # output files are named stem + suffix; the client picks its own stem
 _IN_REQUEST = ("prompt", "negative_prompt")  # left out of per-image metadata; clients copy them back
 
 
@@ -111,25 +112,41 @@ class Worker(threading.Thread):
 
     def _result(self, job: Job, result) -> Outgoing:
         t0 = time.perf_counter()
-        buffers = tuple(png_bytes(image) for image in result.images)
-        png_s = time.perf_counter() - t0
         req = result.request
+        # The prompts travel once, in "request": 16 copies of a 100k-character prompt would not fit.
+        metadata = [{k: v for k, v in result.metadata(i).items() if k not in _IN_REQUEST}
+                    for i in range(len(result.seeds))]
+        files = [build_outputs(image, result.metadata(i), _STEM, kind=req.kind, pbr=req.pbr,
+                               target_size=req.target_size, normal_convention=req.normal_convention,
+                               bit_depth=req.bit_depth, exr=req.format == "exr")
+                 for i, image in enumerate(result.images)]
+        png_s = time.perf_counter() - t0
         t = result.timings_ms
         timings = {"queue_s": round((job.started or job.submitted) - job.submitted, 6),
                    "encode_s": t["encode"] / 1e3, "denoise_s": t["denoise"] / 1e3,
                    "decode_s": t["decode"] / 1e3, "png_s": round(png_s, 6), "total_s": t["total"] / 1e3}
-        # The prompts travel once, in "request": 16 copies of a 100k-character prompt would not fit.
-        metadata = [{k: v for k, v in result.metadata(i).items() if k not in _IN_REQUEST}
-                    for i in range(len(result.seeds))]
-        images = [{"buffer": i, "seed": seed, "model_id": result.model_id, "model_hash": result.package_hash,
-                   "provider": result.provider, "timings": timings, "metadata": metadata[i]}
-                  for i, seed in enumerate(result.seeds)]
+        buffers: list[bytes] = []
+        descriptors: list[dict] = []
+        images = []
+        for i, outputs in enumerate(files):
+            entry = {"seed": result.seeds[i], "model_id": result.model_id, "model_hash": result.package_hash,
+                     "provider": result.provider, "timings": timings, "metadata": metadata[i], "outputs": []}
+            for out in outputs:
+                index = len(buffers)
+                buffers.append(out.data)
+                size = {"width": out.width, "height": out.height} if out.width else {}
+                descriptors.append({"index": index, "mime": out.mime, "role": out.role, **size})
+                if out.role == "image":
+                    entry["buffer"] = index
+                else:
+                    entry["outputs"].append({"buffer": index, "role": out.role,
+                                             "suffix": out.filename[len(_STEM):], "colour_space": out.colour_space})
+            images.append(entry)
         content = {
             "images": images,
             "request": req.to_dict(),
             "composed_prompt": {"prompt": req.prompt, "negative_prompt": req.negative_prompt,
                                 "truncated": any("truncated" in w for w in result.warnings)},
-            "buffers": [{"index": i, "mime": "image/png", "role": "image", "width": req.width,
-                         "height": req.height} for i in range(len(buffers))],
+            "buffers": descriptors,
         }
-        return Outgoing(job, "result", content, buffers, final=True)
+        return Outgoing(job, "result", content, tuple(buffers), final=True)
