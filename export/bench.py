@@ -165,7 +165,7 @@ def _worker(ns: argparse.Namespace) -> None:
         from aigc_bridge.request import GenerateRequest
 
         pipe = Pipeline.load(ns.model, provider=ns.device if ns.device == "cuda" else "cpu", verify=False,
-                             threads=ns.threads)
+                             threads=ns.threads or None, cuda_graph=ns.cuda_graph)
         req = GenerateRequest("red brick wall", steps=w.steps, guidance=w.guidance, seed=0, width=w.size,
                               height=w.size, count=ns.batch, scheduler="euler")
         for i in range(ns.reps + 1):
@@ -208,7 +208,7 @@ def _side(side: str, w: Workload, batch: int, ns: argparse.Namespace, source: Pa
     cmd = [sys.executable, "-m", "aigc_bridge_export.bench", "--worker", side, "--arch", w.arch, "--size", str(w.size),
            "--steps", str(w.steps), "--guidance", str(w.guidance), "--batch", str(batch), "--reps", str(ns.reps),
            "--device", ns.device, "--precision", ns.precision, "--source", str(source), "--model", str(model),
-           "--threads", str(ns.threads or 0)]
+           "--threads", str(ns.threads or 0)] + (["--cuda-graph"] if ns.cuda_graph else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
@@ -273,6 +273,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--optimize", choices=("none", "cpu", "gpu"), default="none",
                         help="onnxruntime fusions applied at export")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per side (0: all cores)")
+    parser.add_argument("--cuda-graph", action="store_true", help="ours: replay the UNet as a CUDA graph")
     parser.add_argument("--work", default=".cache/bench", help="where models are built and exported (reused)")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     # internal: one side of one measurement, run in its own process

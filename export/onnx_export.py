@@ -115,6 +115,7 @@ class _Graph:
     tiles: Sequence[str] = ("none",)
     fp32: bool = False             # keep fp32 even in an fp16 package (e.g. the SDXL VAE)
     files: dict[str, str] = field(default_factory=dict)   # tile -> graph file
+    parity: dict[str, dict] = field(default_factory=dict)  # graph file -> the parity check's numbers
 
 
 def _detect(pipe, source: str, distillation: str | None) -> tuple[str, str]:
@@ -320,6 +321,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
                  "pooled_dim": pooled_dim, "timestep_cond_dim": cond_dim},
         "vae_decoder": {"graphs": by_name["vae_decoder"].files},
         "vae_encoder": {"graphs": by_name["vae_encoder"].files},
+        "parity": {name: numbers for graph in graphs for name, numbers in graph.parity.items()},
     }
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     manifest["files"] = files
@@ -361,7 +363,9 @@ def _export_variant(graph: _Graph, tile: str, weights: _SharedWeights, root: Pat
             _restore_fp32_resize_scales(model.graph)
         weights.save(model, root / file_name)
         graph.files[tile] = file_name
-        _check_parity(graph, root / file_name, fp16, optimize)
+        graph.parity[file_name] = _check_parity(graph, root / file_name, fp16, optimize)
+    log(f"  parity {file_name}: max |onnx - torch| = {graph.parity[file_name]['max_abs_error']:.2e} "
+        f"(limit {graph.parity[file_name]['limit']:.2e}, {graph.parity[file_name]['provider']})")
 
 
 _MODEL_TYPES = {"unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae", "text_encoder": "clip",
@@ -456,7 +460,7 @@ def _initializers(graph: onnx.GraphProto):
                 yield from _initializers(attr.g)
 
 
-def _check_parity(graph: _Graph, path: Path, fp16: bool, optimize: str = "none") -> None:
+def _check_parity(graph: _Graph, path: Path, fp16: bool, optimize: str = "none") -> dict:
     """onnxruntime against torch on fresh random inputs at a shape other than the export sample, on the CPU,
     or on CUDA for GPU-optimised graphs (their fused kernels exist only there)."""
     import onnxruntime as ort
@@ -478,6 +482,7 @@ def _check_parity(graph: _Graph, path: Path, fp16: bool, optimize: str = "none")
     except Exception as exc:
         raise ExportError(f"{path.name} does not run in onnxruntime: {exc}", path.name) from None
     atol, rtol = (3e-2, 3e-2) if fp16 else (1e-4, 1e-3)
+    worst = {"max_abs_error": 0.0, "limit": 0.0, "provider": provider, "shape": list(graph.check_shape)}
     for name, ref, got in zip(graph.output_names, expected, actual):
         ref = ref.detach().numpy()
         err = float(np.max(np.abs(ref - got))) if ref.size else 0.0
@@ -486,3 +491,6 @@ def _check_parity(graph: _Graph, path: Path, fp16: bool, optimize: str = "none")
             raise ExportError(
                 f"parity check failed for {path.name} output {name}: max |onnx - torch| = {err:.3g} "
                 f"(limit {limit:.3g}) at shape {tuple(ref.shape)}; the package was not written", path.name)
+        if err >= worst["max_abs_error"]:
+            worst.update(max_abs_error=err, limit=limit)
+    return worst
