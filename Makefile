@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO := demo-out
 
-.PHONY: demo test lint bench gpu clean
+.PHONY: demo test lint bench gpu clean addon
 
 # One dev/test environment: CPU torch 2.13 (found by pip on our machines), numpy<2 (bpy needs it).
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,11 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest -q
+
+# The Blender extension zip (dist/aigc_bridge-VERSION.zip): downloads the pyzmq wheels, builds the client wheel,
+# then builds and validates the zip with Blender's own extension builder from the bpy wheel (docs/blender.md).
+addon: $(VENV)/.installed
+	$(PY) blender_addon/build.py
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_runtime.py

@@ -197,6 +197,9 @@ class GeneratedImage:
     height: int | None
     metadata: dict = field(default_factory=dict)
     outputs: tuple[OutputFile, ...] = ()
+    model_id: str | None = None
+    model_hash: str | None = None
+    provider: str | None = None
 
     def output(self, role: str) -> OutputFile | None:
         return next((o for o in self.outputs if o.role == role), None)
@@ -243,7 +246,8 @@ class GenerateResponse:
                            metadata={**prompts, **img["metadata"]} if "metadata" in img else {},
                            outputs=tuple(OutputFile(o["role"], o["suffix"], msg.buffers[o["buffer"]],
                                                     descriptors[o["buffer"]]["mime"], o.get("colour_space"))
-                                         for o in img.get("outputs", ())))
+                                         for o in img.get("outputs", ())),
+                           model_id=img["model_id"], model_hash=img["model_hash"], provider=img["provider"])
             for img in c["images"])
         return cls(images, c["request"], c["composed_prompt"], tuple(c.get("ignored_fields", ())),
                    msg.request_key or "", msg.session)

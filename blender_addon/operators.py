@@ -1,0 +1,240 @@
+"""The buttons. Each operator checks what it needs, hands the work to ``runner`` and returns at once (or,
+in background mode, runs it to the end); no exception leaves an operator: failures are reported with the
+fix and shown in the panel."""
+
+import bpy
+from bpy.props import EnumProperty
+
+from aigc_bridge.client import Client
+from aigc_bridge.prompts import OBJECT_TEMPLATE, WORLD_TEMPLATE
+
+from . import connection, launcher, plans, preferences, runner, scene_data
+from .messages import UserMessage, describe, message
+from .scene_import import ensure_uvs
+
+_MODE = EnumProperty(name="Mode", default="AUTO", items=[
+    ("AUTO", "Auto", "Blocking in background mode (unless the preference says otherwise), else a timer"),
+    ("BLOCKING", "Blocking", "Wait for the result (scripts, batch)"),
+    ("TIMER", "Non-blocking", "Return at once; a timer follows the job (the UI keeps running)")])
+
+
+def _blocking(mode: str) -> bool:
+    if mode != "AUTO":
+        return mode == "BLOCKING"
+    return bpy.app.background and not preferences.get().force_timer
+
+
+def _report(op: bpy.types.Operator, msg: UserMessage) -> set[str]:
+    runner.STATE.error = msg
+    op.report({"ERROR"}, str(msg))
+    return {"CANCELLED"}
+
+
+def _client() -> Client:
+    """A client for the sidecar the preferences name (the local one this Blender started wins)."""
+    sidecar = runner.STATE.sidecar
+    if sidecar is not None and sidecar.poll() == launcher.STARTING:
+        raise launcher.LauncherError(UserMessage("The local sidecar is still starting (loading the model).",
+                                                 "Wait until the status says it is running", "starting"))
+    prefs = preferences.get()
+    settings = preferences.settings(prefs, runner.local_connection_file())
+    return connection.open_client(settings)
+
+
+class _Generate:
+    """Shared by the two generate buttons: build the tasks, open a client, start the run."""
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return context.scene is not None and not runner.busy()
+
+    def tasks(self, context: bpy.types.Context) -> list[plans.Task] | UserMessage:
+        raise NotImplementedError
+
+    def prepare(self, context: bpy.types.Context, tasks: list[plans.Task]) -> None:
+        """Scene changes the results need, made once the sidecar is known to be configured."""
+
+    title = ""
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            if runner.busy():
+                return _report(self, message("busy_here", "A generation is already running"))
+            tasks = self.tasks(context)
+            if isinstance(tasks, UserMessage):
+                return _report(self, tasks)
+            client = _client()
+            try:
+                self.prepare(context, tasks)
+            except Exception:
+                client.close()
+                raise
+            run = runner.Run(self.title, context.scene.name, client, client.endpoint, tasks,
+                             plans.import_options(context.scene))
+            blocking = _blocking(self.mode)
+            runner.start(run, blocking=blocking)
+        except Exception as exc:
+            return _report(self, describe(exc))
+        if blocking and runner.STATE.error is not None:
+            return _report(self, runner.STATE.error)
+        self.report({"INFO"}, runner.STATE.info)
+        return {"FINISHED"}
+
+
+class AIGC_OT_texture_selected(_Generate, bpy.types.Operator):
+    """Generate a texture for each selected mesh from the scene and object descriptions"""
+
+    bl_idname = "aigc.texture_selected"
+    bl_label = "Texture Selected Objects"
+    bl_options = {"REGISTER"}
+    title = "Textures"
+    mode: _MODE
+
+    def tasks(self, context: bpy.types.Context) -> list[plans.Task] | UserMessage:
+        if context.mode != "OBJECT":
+            return UserMessage("Texturing works in Object Mode.", "Switch to Object Mode (Tab)", "mode")
+        objects = sorted((o for o in context.selected_objects if o.type == "MESH"), key=lambda o: o.name)
+        if not objects:
+            return message("nothing_selected", "No mesh object is selected")
+        return plans.texture_tasks(context.scene, objects)
+
+    def prepare(self, context: bpy.types.Context, tasks: list[plans.Task]) -> None:
+        for task in tasks:  # UVs now, in the operator's context, not later when the image lands
+            ensure_uvs(bpy.data.objects[task.target])
+
+
+class AIGC_OT_generate_backdrop(_Generate, bpy.types.Operator):
+    """Generate a backdrop from the world description, into the World or onto a camera plane"""
+
+    bl_idname = "aigc.generate_backdrop"
+    bl_label = "Generate Backdrop"
+    bl_options = {"REGISTER"}
+    title = "Backdrop"
+    mode: _MODE
+
+    def tasks(self, context: bpy.types.Context) -> list[plans.Task] | UserMessage:
+        scene = context.scene
+        if scene.aigc.backdrop_target == "PLANE" and scene.camera is None:
+            return message("no_camera", "The scene has no camera for a backdrop plane")
+        return [plans.backdrop_task(scene)]
+
+
+class AIGC_OT_cancel(bpy.types.Operator):
+    """Stop the running generation (the sidecar stops after the current step)"""
+
+    bl_idname = "aigc.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            runner.cancel()
+        except Exception as exc:
+            return _report(self, describe(exc))
+        return {"FINISHED"}
+
+
+class AIGC_OT_refresh_status(bpy.types.Operator):
+    """Ask the sidecar for its model, device and queue"""
+
+    bl_idname = "aigc.refresh_status"
+    bl_label = "Refresh Status"
+    mode: _MODE
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            runner.request_status(_client(), blocking=_blocking(self.mode))
+        except Exception as exc:
+            runner.STATE.status = None
+            runner.STATE.status_error = describe(exc)
+            return _report(self, runner.STATE.status_error)
+        return {"FINISHED"}
+
+
+class AIGC_OT_add_prompt(bpy.types.Operator):
+    """Give the active object its own description (the custom property aigc_prompt)"""
+
+    bl_idname = "aigc.add_prompt"
+    bl_label = "Add Object Prompt"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return context.object is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        obj = context.object
+        if scene_data.PROMPT_PROPERTY not in obj:
+            obj[scene_data.PROMPT_PROPERTY] = ""
+        return {"FINISHED"}
+
+
+class AIGC_OT_reset_templates(bpy.types.Operator):
+    """Put the prompt templates back to their defaults"""
+
+    bl_idname = "aigc.reset_templates"
+    bl_label = "Reset Templates"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        context.scene.aigc.object_template = OBJECT_TEMPLATE
+        context.scene.aigc.world_template = WORLD_TEMPLATE
+        return {"FINISHED"}
+
+
+class AIGC_OT_start_sidecar(bpy.types.Operator):
+    """Start aigc-bridge serve from the Python environment in the preferences, on a free local port"""
+
+    bl_idname = "aigc.start_sidecar"
+    bl_label = "Start Local Sidecar"
+    mode: _MODE
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        prefs = preferences.get()
+        try:
+            sidecar = launcher.LocalSidecar(bpy.path.abspath(prefs.python_env), bpy.path.abspath(prefs.model_dir),
+                                            preferences.sidecar_folder(), provider=prefs.provider)
+            runner.start_sidecar(sidecar, blocking=_blocking(self.mode))
+        except launcher.LauncherError as exc:
+            return _report(self, exc.user_message)
+        except Exception as exc:
+            return _report(self, describe(exc))
+        if sidecar.state == launcher.FAILED:
+            return _report(self, runner.STATE.error)
+        self.report({"INFO"}, runner.sidecar_summary())
+        return {"FINISHED"}
+
+
+class AIGC_OT_stop_sidecar(bpy.types.Operator):
+    """Stop the local sidecar started here, freeing its GPU memory"""
+
+    bl_idname = "aigc.stop_sidecar"
+    bl_label = "Stop Local Sidecar"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return runner.STATE.sidecar is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            if runner.busy():
+                runner.reset()
+            runner.stop_sidecar_process()
+            runner.STATE.status = None
+        except Exception as exc:
+            return _report(self, describe(exc))
+        self.report({"INFO"}, "Local sidecar stopped")
+        return {"FINISHED"}
+
+
+CLASSES = (AIGC_OT_texture_selected, AIGC_OT_generate_backdrop, AIGC_OT_cancel, AIGC_OT_refresh_status,
+           AIGC_OT_add_prompt, AIGC_OT_reset_templates, AIGC_OT_start_sidecar, AIGC_OT_stop_sidecar)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

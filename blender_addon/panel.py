@@ -1,0 +1,145 @@
+"""The sidebar panel (3D View > N > AIGC): status, descriptions, settings, the prompts that will be sent,
+the two generate buttons, and progress with cancel while a run goes on. Drawing only reads state."""
+
+import textwrap
+
+import bpy
+
+from aigc_bridge.prompts import compose_object_prompt, compose_world_prompt
+
+from . import runner, scene_data
+from .messages import UserMessage
+
+
+def _wrapped(layout: bpy.types.UILayout, context: bpy.types.Context, text: str, icon: str = "NONE") -> None:
+    """Labels do not wrap: split long text into lines that fit the sidebar."""
+    region = getattr(context, "region", None)
+    width = max(20, int((region.width if region is not None else 280) / 7))
+    col = layout.column(align=True)
+    for i, line in enumerate(textwrap.wrap(text, width, break_on_hyphens=False) or [""]):
+        col.label(text=line, icon=icon if i == 0 else "BLANK1" if icon != "NONE" else "NONE")
+
+
+def _error(layout: bpy.types.UILayout, context: bpy.types.Context, msg: UserMessage) -> None:
+    box = layout.box()
+    box.alert = True
+    _wrapped(box, context, msg.text, icon="ERROR")
+    if msg.fix:
+        _wrapped(box, context, f"Fix: {msg.fix}.", icon="INFO")
+
+
+def _preview(layout: bpy.types.UILayout, context: bpy.types.Context, make) -> None:
+    """The prompt that will be sent, shown before it is sent."""
+    try:
+        text = make()
+    except Exception as exc:  # a bad template must not break drawing
+        _wrapped(layout, context, f"Template error: {getattr(exc, 'message', exc)}", icon="ERROR")
+        return
+    _wrapped(layout, context, f"“{text}”", icon="TEXT")
+
+
+def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    state = runner.STATE
+    scene = context.scene
+    settings = scene.aigc
+
+    box = layout.box()
+    row = box.row()
+    row.label(text=runner.status_summary(), icon="LINKED" if state.status else "UNLINKED")
+    row.operator("aigc.refresh_status", text="", icon="FILE_REFRESH")
+    if state.sidecar is not None:
+        box.label(text=runner.sidecar_summary())
+    if state.status_error is not None:
+        _wrapped(box, context, str(state.status_error), icon="ERROR")
+    if state.error is not None:
+        _error(layout, context, state.error)
+
+    run = state.run
+    if run is not None:
+        col = layout.column()
+        step = run.progress
+        detail = f" step {step.step}/{step.total}" if step is not None and step.stage == "denoising" else (
+            f" {step.stage}" if step is not None and step.stage else "")
+        col.progress(factor=run.fraction, type="BAR",
+                     text=f"{run.task.label} ({run.index + 1}/{len(run.tasks)}){detail}")
+        col.operator("aigc.cancel", icon="CANCEL", text="Cancelling…" if run.cancelling else "Cancel")
+    elif state.info:
+        _wrapped(layout, context, state.info, icon="INFO")
+
+    layout.prop(settings, "style")
+    obj = context.object
+    if obj is not None:
+        box = layout.box()
+        box.label(text=obj.name, icon="OBJECT_DATA")
+        if scene_data.PROMPT_PROPERTY in obj:
+            box.prop(obj, f'["{scene_data.PROMPT_PROPERTY}"]', text="Prompt")
+        else:
+            box.operator("aigc.add_prompt", icon="ADD")
+        if obj.type == "MESH":
+            description = scene_data.describe_scene(scene, [obj])
+            _preview(box, context, lambda: compose_object_prompt(description, description["objects"][0],
+                                                                 settings.object_template))
+    box = layout.box()
+    box.prop(settings, "world_description")
+    _preview(box, context, lambda: compose_world_prompt(scene_data.describe_scene(scene),
+                                                        settings.world_template))
+
+    col = layout.column(align=True)
+    row = col.row(align=True)
+    row.prop(settings, "width")
+    row.prop(settings, "height")
+    col.prop(settings, "steps")
+    row = col.row(align=True)
+    row.prop(settings, "seed_mode", expand=True)
+    if settings.seed_mode == "FIXED":
+        col.prop(settings, "seed")
+    row = col.row(align=True)
+    row.prop(settings, "tiling")
+    sub = row.row(align=True)
+    sub.active = settings.tiling
+    sub.prop(settings, "tile_repeat")
+    col.prop(settings, "pbr_maps")
+    col.prop(settings, "negative_prompt")
+    col.prop(settings, "storage")
+
+    col = layout.column(align=True)
+    col.prop(settings, "backdrop_target")
+    row = col.row(align=True)
+    row.prop(settings, "backdrop_width")
+    row.prop(settings, "backdrop_height")
+
+    layout.prop(settings, "show_templates", icon="TRIA_DOWN" if settings.show_templates else "TRIA_RIGHT")
+    if settings.show_templates:
+        box = layout.box()
+        box.prop(settings, "object_template", text="Object")
+        box.prop(settings, "world_template", text="World")
+        box.operator("aigc.reset_templates", icon="LOOP_BACK")
+
+    col = layout.column(align=True)
+    col.scale_y = 1.4
+    col.enabled = run is None
+    col.operator("aigc.texture_selected", icon="TEXTURE")
+    col.operator("aigc.generate_backdrop", icon="WORLD")
+
+
+class VIEW3D_PT_aigc(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "AIGC"
+    bl_label = "AIGC Bridge"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        draw_panel(self.layout, context)
+
+
+CLASSES = (VIEW3D_PT_aigc,)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,77 @@
+"""What to ask the sidecar for: the scene settings and selection turned into tasks (prompt + request
+fields), with prompts from the shared composer. Reading only; nothing here talks to the sidecar."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import bpy
+
+from aigc_bridge.prompts import compose_object_prompt, compose_world_prompt
+
+from . import scene_data
+from .scene_import import TEXTURE_FOLDER
+
+TEXTURE, BACKDROP = "texture", "backdrop"
+
+
+@dataclass
+class Task:
+    """One generate request and where its image goes (an object's name, or the scene's for a backdrop)."""
+
+    kind: str
+    target: str
+    prompt: str
+    fields: dict = field(default_factory=dict)
+    job: object | None = None  # the client's Job once sent
+
+    @property
+    def label(self) -> str:
+        return self.target if self.kind == TEXTURE else "backdrop"
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How results land in the scene."""
+
+    pack: bool = True
+    directory: str | None = None
+    tile_repeat: float | None = None
+    backdrop_target: str = "WORLD"
+
+
+def _seed(settings) -> int | None:
+    return settings.seed if settings.seed_mode == "FIXED" else None  # None: the sidecar picks, and says which
+
+
+def texture_tasks(scene: bpy.types.Scene, objects: list[bpy.types.Object]) -> list[Task]:
+    """One texture task per mesh object, prompts composed from the scene description."""
+    settings = scene.aigc
+    description = scene_data.describe_scene(scene, objects)
+    fields = {"width": settings.width, "height": settings.height, "steps": settings.steps,
+              "seed": _seed(settings), "tile": "both" if settings.tiling else "none", "kind": TEXTURE,
+              "negative_prompt": settings.negative_prompt, "pbr": settings.pbr_maps}
+    return [Task(TEXTURE, obj.name, compose_object_prompt(description, item, settings.object_template),
+                 dict(fields))
+            for obj, item in zip(objects, description["objects"])]
+
+
+def backdrop_task(scene: bpy.types.Scene) -> Task:
+    """The backdrop task: an equirectangular panorama (2:1, wraps on x, poles softened by the sidecar) for
+    the World; a plain picture of the requested size for a camera plane."""
+    settings = scene.aigc
+    prompt = compose_world_prompt(scene_data.describe_scene(scene), settings.world_template)
+    world = settings.backdrop_target == "WORLD"
+    return Task(BACKDROP, scene.name, prompt, {
+        "width": settings.backdrop_width, "height": settings.backdrop_height, "steps": settings.steps,
+        "seed": _seed(settings), "tile": "x" if world else "none", "kind": BACKDROP if world else TEXTURE,
+        "negative_prompt": settings.negative_prompt})
+
+
+def import_options(scene: bpy.types.Scene) -> ImportOptions:
+    """Packed, or beside the .blend when the user chose so and the .blend has a folder (else packed)."""
+    settings = scene.aigc
+    beside = settings.storage == "BESIDE" and bool(bpy.data.filepath)
+    return ImportOptions(pack=not beside, directory=f"//{TEXTURE_FOLDER}" if beside else None,
+                         tile_repeat=settings.tile_repeat if settings.tiling else None,
+                         backdrop_target=settings.backdrop_target)

@@ -1,0 +1,63 @@
+"""Per-scene settings (``scene.aigc``): what the panel edits and the .blend keeps.
+
+Generation state (the running job, progress, the last error) is not here: it lives in ``runner`` for the
+session, so undo and file saves never capture a half-finished job.
+"""
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from aigc_bridge.prompts import OBJECT_TEMPLATE, WORLD_TEMPLATE
+
+
+class AIGC_SceneSettings(bpy.types.PropertyGroup):
+    style: StringProperty(name="Style", description="The look of the whole scene, added to every prompt",
+                          default="")
+    world_description: StringProperty(name="World", description="What the backdrop shows", default="")
+    object_template: StringProperty(
+        name="Object template", default=OBJECT_TEMPLATE,
+        description="Texture prompt; fields {subject} {name} {prompt} {material} {collection} {style} "
+                    "{world}; a comma-separated part whose fields are all empty is left out")
+    world_template: StringProperty(name="World template", default=WORLD_TEMPLATE,
+                                   description="Backdrop prompt; same fields as the object template")
+    negative_prompt: StringProperty(name="Negative", description="What the images should not show",
+                                    default="")
+    width: IntProperty(name="Width", default=512, min=8, max=4096, step=64, subtype="PIXEL",
+                       description="Texture width (a multiple of the model's size step, 64 for SD)")
+    height: IntProperty(name="Height", default=512, min=8, max=4096, step=64, subtype="PIXEL")
+    backdrop_width: IntProperty(name="Width", default=1024, min=8, max=4096, step=64, subtype="PIXEL",
+                                description="Backdrop width; 2:1 for an equirectangular World")
+    backdrop_height: IntProperty(name="Height", default=512, min=8, max=4096, step=64, subtype="PIXEL")
+    steps: IntProperty(name="Steps", default=20, min=1, max=500, description="Denoising steps")
+    seed_mode: EnumProperty(name="Seed", default="RANDOM", items=[
+        ("RANDOM", "Random", "A new seed every run (the one used is stored with the result)"),
+        ("FIXED", "Fixed", "The same seed every run, to repeat or vary a result deliberately")])
+    seed: IntProperty(name="Seed", default=0, min=0, description="The seed when Seed is Fixed")
+    tiling: BoolProperty(name="Tiling", default=True,
+                         description="Seamless textures that repeat without visible edges")
+    pbr_maps: BoolProperty(name="PBR maps", default=True,
+                           description="Also wire the normal and roughness maps the sidecar derives")
+    tile_repeat: FloatProperty(name="Repeat", default=1.0, min=0.01, max=1000.0,
+                               description="How often a tiling texture repeats per UV unit (Mapping node)")
+    backdrop_target: EnumProperty(name="Backdrop", default="WORLD", items=[
+        ("WORLD", "World", "Equirectangular environment in the World (lights the scene, seen all around)"),
+        ("PLANE", "Camera plane", "A plane that fills the camera's view, parented to the camera")])
+    storage: EnumProperty(name="Images", default="PACK", items=[
+        ("PACK", "Pack into .blend", "Keep generated images inside the .blend file"),
+        ("BESIDE", "Save beside .blend", "Write PNGs to an aigc_textures folder next to the saved .blend")])
+    show_templates: BoolProperty(name="Templates", default=False)
+
+
+CLASSES = (AIGC_SceneSettings,)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.aigc = bpy.props.PointerProperty(type=AIGC_SceneSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.aigc
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
