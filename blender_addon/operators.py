@@ -229,12 +229,4 @@ class AIGC_OT_stop_sidecar(bpy.types.Operator):
 CLASSES = (AIGC_OT_texture_selected, AIGC_OT_generate_backdrop, AIGC_OT_cancel, AIGC_OT_refresh_status,
            AIGC_OT_add_prompt, AIGC_OT_reset_templates, AIGC_OT_start_sidecar, AIGC_OT_stop_sidecar)
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

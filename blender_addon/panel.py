@@ -134,12 +134,4 @@ class VIEW3D_PT_aigc(bpy.types.Panel):
 
 CLASSES = (VIEW3D_PT_aigc,)
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

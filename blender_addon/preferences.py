@@ -94,12 +94,4 @@ def settings(prefs: AIGC_Preferences, local_connection_file: str | None = None) 
 
 CLASSES = (AIGC_Preferences,)
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)
