@@ -86,6 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="least seconds between preview images of a job; negative: no previews")
     srv.set_defaults(run=_serve)
 
+    bat = sub.add_parser("batch", help="generate every job of a TOML job file into a folder (docs/batch.md)",
+                         description="Validate the whole job file, then generate what is not done yet in "
+                         "--out (resumable), writing each output set atomically and a manifest.")
+    bat.add_argument("jobs", type=Path, help="the job file (TOML; examples/jobs.toml)")
+    bat.add_argument("--out", required=True, type=Path, help="output folder; every file goes inside it")
+    where = bat.add_mutually_exclusive_group()
+    where.add_argument("--model", type=Path, help="model package folder (generate in this process, or in each "
+                       "Ray actor with --ray)")
+    where.add_argument("--endpoint", help="generate on a running sidecar, e.g. tcp://127.0.0.1:5555")
+    where.add_argument("--connection-file", type=Path, help="the sidecar's connection file, as serve writes it")
+    bat.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu (with --model)")
+    bat.add_argument("--threads", type=int, help="onnxruntime intra-op threads (with --model, without --ray)")
+    _add_client_options(bat)
+    bat.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="run on a Ray cluster with Ray Data (needs --model, a path every node can read); "
+                     "no ADDRESS: RAY_ADDRESS, the latest local cluster or a new local one")
+    bat.add_argument("--workers", type=int, help="with --ray: actors, each holding a model (default: one per "
+                     "GPU, else 1)")
+    bat.add_argument("--batch-size", type=int, default=1,
+                     help="images per engine call / per Ray batch (default %(default)s)")
+    bat.add_argument("--blend", type=Path, help="apply the results to the jobs' objects / World in a copy of "
+                     "this .blend, saved into --out (default: the job file's [blend] file)")
+    bat.add_argument("--export-glb", type=Path, help="with a .blend: also export the scene as this GLB")
+    bat.add_argument("--blender", help="run the Blender step with this Blender executable instead of the bpy "
+                     "module")
+    bat.add_argument("--check", action="store_true", help="only validate the job file (and the .blend targets "
+                     "and, with --model, the sizes the model accepts), then stop")
+    bat.set_defaults(run=_batch)
+
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair (NAME.key public, NAME.key_secret secret)")
     keys.add_argument("dir", type=Path)
     keys.add_argument("--name", default="aigc-bridge", help="file name stem (default %(default)s)")
@@ -268,6 +297,81 @@ def _serve(args: argparse.Namespace) -> int:
                         "curve_key")
     return launch(config, model_dir=args.model, provider=args.provider, threads=args.threads,
                   connection_file=args.connection_file)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """Validate everything (file, targets, model limits) before loading anything slow, then run."""
+    from .batch import BatchOptions, load_job_file, run_batch
+    from .batch.jobfile import output_filenames
+    from .batch.runner import describe
+    from .batch.spec import JobFileError
+
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
+        raise AigcError("invalid_request", "--batch-size and --workers must be 1 or more", "batch_size")
+    if args.workers is not None and args.ray is None:
+        raise AigcError("invalid_request", "--workers needs --ray (without it one process makes the images)",
+                        "workers")
+    if args.ray is not None and args.threads is not None:
+        raise AigcError("invalid_request", "--threads is for runs in this process; each Ray actor gets "
+                        "CPUs / workers threads", "threads")
+    if args.ray is not None and args.model is None:
+        raise AigcError("invalid_request", "--ray needs --model: each Ray actor loads the model itself",
+                        "model")
+    job_file = load_job_file(args.jobs)
+    blend = args.blend or job_file.blend_file
+    if args.export_glb is not None:
+        if blend is None:
+            raise AigcError("invalid_request", "--export-glb needs --blend (or [blend] file in the job file)",
+                            "export_glb")
+        taken = {n.casefold() for j in job_file.jobs for s, r in zip(j.stems, j.requests)
+                 for n in output_filenames(s, j.kind, r.pbr, j.exr)}
+        if args.export_glb.resolve().parent == args.out.resolve() and args.export_glb.name.casefold() in taken:
+            raise AigcError("invalid_request", f"--export-glb {args.export_glb} is the name of an output file",
+                            "export_glb")
+    if blend is not None:
+        from .batch.blend import check_targets, find_scene_import
+
+        find_scene_import()
+        problems = check_targets(blend, list(job_file.jobs), args.blender)
+        if problems:
+            raise JobFileError(problems, args.jobs)
+    if args.check and args.model is None:
+        print(f"{args.jobs}: {len(job_file.jobs)} jobs, {sum(len(j.stems) for j in job_file.jobs)} output sets: ok")
+        return 0
+    backend = _batch_backend(args)
+    try:
+        if args.check:
+            problems = backend.problems(list(job_file.jobs))
+            if problems:
+                raise JobFileError(problems, args.jobs)
+            print(f"{args.jobs}: {len(job_file.jobs)} jobs, {sum(len(j.stems) for j in job_file.jobs)} output "
+                  "sets: ok")
+            return 0
+        options = BatchOptions(out=args.out, batch_size=args.batch_size, blend=blend, export_glb=args.export_glb,
+                               blender=args.blender)
+        summary = run_batch(job_file, backend, options)
+    finally:
+        backend.close()
+    print(describe(summary, args.out))
+    return summary.exit_code
+
+
+def _batch_backend(args: argparse.Namespace):
+    if args.endpoint is not None or args.connection_file is not None:
+        from .batch.backends import SidecarBackend
+
+        return SidecarBackend(_connect(args))
+    if args.model is None:
+        raise AigcError("no_model", NO_MODEL_HELP, "model")
+    provider = None if args.provider == "auto" else args.provider
+    if args.ray is not None:
+        from .batch.ray_backend import RayBackend
+
+        return RayBackend(args.model, address=args.ray or None, workers=args.workers, batch_size=args.batch_size,
+                          provider=provider)
+    from .batch.backends import LocalBackend
+
+    return LocalBackend(args.model, provider=provider, threads=args.threads)
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -104,11 +104,12 @@ def _unwritable(folder: Path, exc: OSError) -> AigcError:
     return AigcError("output_unwritable", f"cannot write to {folder}: {exc.strerror or exc}", "output")
 
 
-def write_all_atomic(files: Sequence[tuple[str | Path, bytes]]) -> list[Path]:
+def write_all_atomic(files: Sequence[tuple[str | Path, bytes]], mode: int = 0o644) -> list[Path]:
     """Write several files as one transaction: all appear, or none do.
 
     Every file is first written to a temporary name beside its target; only when all of them are on disk
     are they renamed into place. Any failure removes the temporary files and the files already renamed.
+    ``mode`` is set before the rename (mkstemp's 0600 suits keys, not assets in a shared folder).
     """
     targets = [Path(path) for path, _ in files]
     if len(set(targets)) != len(targets):
@@ -130,6 +131,7 @@ def write_all_atomic(files: Sequence[tuple[str | Path, bytes]]) -> list[Path]:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
+                    os.fchmod(f.fileno(), mode)
             except OSError as exc:
                 raise _unwritable(path.parent, exc) from None
         for path, tmp in zip(targets, temps):
@@ -160,6 +162,6 @@ def _make_folder(folder: Path, created: list[Path]) -> None:
         created.append(path)
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
+def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     """Write to a temporary file in the same folder, then rename over ``path``."""
-    return write_all_atomic([(path, data)])[0]
+    return write_all_atomic([(path, data)], mode=mode)[0]

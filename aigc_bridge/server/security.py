@@ -148,6 +148,4 @@ def make_keypair(folder: Path, name: str, force: bool = False) -> tuple[Path, Pa
 
 def write_connection_file(path: Path, info: ConnectionInfo) -> Path:
     """Atomically, mode 0600 (it holds the HMAC key): a launcher never reads a half-written file."""
-    written = write_atomic(path, info.to_json().encode("utf-8"))
-    os.chmod(written, 0o600)  # mkstemp already creates 0600; say it here, where it matters
-    return written
+    return write_atomic(path, info.to_json().encode("utf-8"), mode=0o600)
