@@ -142,11 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
                            description=bench_module.__doc__.splitlines()[0])
     bench_module.build_parser(bench)
     bench.set_defaults(run=_bench)
+
+    # Its own parser (aigc_bridge.evaluation.run) reads the rest, so numpy loads only when it runs.
+    evaluate = sub.add_parser("eval", add_help=False,
+                              help="evaluate a texture model: colour and pattern adherence, seams, diversity")
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(run=_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # eval's own parser reads the rest, --help included (see build_parser)
+    args = (argparse.Namespace(run=_eval, rest=argv[1:]) if argv[:1] == ["eval"]
+            else build_parser().parse_args(argv))
     try:
         return args.run(args)
     except AigcError as exc:
@@ -393,6 +402,12 @@ def _export(args: argparse.Namespace) -> int:
                     distillation=args.distillation, overwrite=args.overwrite, optimize=args.optimize,
                     seamless=not args.no_seamless)
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import main as eval_main
+
+    return eval_main(args.rest)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -243,9 +243,8 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``aigc-bridge eval --model DIR``: print the report; ``--json`` also writes it."""
-    p = argparse.ArgumentParser(prog="aigc-bridge eval", description="evaluate a texture model package")
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="aigc-bridge eval", description="evaluate a texture model package")
     p.add_argument("--model", type=Path, required=True, help="model package folder")
     p.add_argument("--prompts", type=int, default=16, help="prompts per set (default 16)")
     p.add_argument("--seeds", type=int, default=4, help="seeds per prompt (default 4)")
@@ -254,13 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's recommendation)")
     p.add_argument("--threads", type=int, help="onnxruntime threads")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
-    args = p.parse_args(argv)
-    report = run_eval(args.model, seed=args.seed, prompts_per_set=args.prompts, seeds_per_prompt=args.seeds,
+    return p
+
+
+def report(args: argparse.Namespace) -> int:
+    """Print the report; ``--json`` also writes it."""
+    result = run_eval(args.model, seed=args.seed, prompts_per_set=args.prompts, seeds_per_prompt=args.seeds,
                       steps=args.steps, guidance=args.guidance, threads=args.threads, log=print)
-    print(format_report(report))
+    print(format_report(result))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``aigc-bridge eval --model DIR`` (also ``python -m aigc_bridge.evaluation.run``)."""
+    return report(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
