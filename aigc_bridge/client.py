@@ -132,14 +132,19 @@ def _load_client_keys(keys: tuple[bytes | str, bytes | str] | str | os.PathLike)
     if isinstance(keys, tuple):
         public, secret = (_as_bytes(k) for k in keys)
         return public, secret  # type: ignore[return-value]
+    return load_secret_key(keys, "client_keys")
+
+
+def load_secret_key(path: str | os.PathLike, field: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file made by `aigc-bridge keys` (client and server alike)."""
     from zmq.auth import load_certificate
 
     try:
-        public, secret = load_certificate(os.fspath(keys))
+        public, secret = load_certificate(os.fspath(path))
     except (OSError, ValueError) as exc:
-        raise AigcError("curve_key", f"cannot read client key {keys}: {exc}", "client_keys") from None
+        raise AigcError("curve_key", f"cannot read Curve key {path}: {exc}", field) from None
     if secret is None:
-        raise AigcError("curve_key", f"{keys} holds no secret key: pass the .key_secret file", "client_keys")
+        raise AigcError("curve_key", f"{path} holds no secret key: pass the .key_secret file", field)
     return public, secret
 
 

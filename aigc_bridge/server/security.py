@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq
 
 from ..assets.writers import write_atomic
-from ..client import ConnectionInfo
+from ..client import ConnectionInfo, load_secret_key
 from ..errors import AigcError
 
 ZAP_DOMAIN = "aigc-bridge"  # the server socket's zap_domain; the authenticator's keys are filed under it
@@ -81,15 +81,7 @@ def read_key_file(path: Path) -> str:
 
 def read_curve_secret(path: Path) -> tuple[bytes, bytes]:
     """(public, secret) from a ``.key_secret`` file made by `aigc-bridge keys`."""
-    from zmq.auth import load_certificate
-
-    try:
-        public, secret = load_certificate(os.fspath(path))
-    except (OSError, ValueError) as exc:
-        raise AigcError("curve_key", f"cannot read Curve key {path}: {exc}", "curve_key") from None
-    if secret is None:
-        raise AigcError("curve_key", f"{path} holds no secret key: pass the .key_secret file", "curve_key")
-    return public, secret
+    return load_secret_key(path, "curve_key")
 
 
 def check_authorized_keys(folder: Path) -> int:
