@@ -297,9 +297,8 @@ class _Call:
         return self.reply is not None or self.error is not None
 
 
-class Pending:
-    """Any other request sent without blocking (``Client.send``): ``poll()`` until ``done``, then
-    ``reply`` (the reply's content) or ``error``."""
+class _Handle:
+    """A request in flight, sent without blocking: ``done`` once its final reply or error is in."""
 
     def __init__(self, client: Client, call: _Call) -> None:
         self._client = client
@@ -312,6 +311,11 @@ class Pending:
     @property
     def error(self) -> AigcError | None:
         return self._call.error
+
+
+class Pending(_Handle):
+    """Any other request sent without blocking (``Client.send``): ``poll()`` until ``done``, then
+    ``reply`` (the reply's content) or ``error``."""
 
     @property
     def reply(self) -> dict | None:
@@ -324,27 +328,18 @@ class Pending:
         return self._call.done
 
 
-class Job:
+class Job(_Handle):
     """A generate submitted without blocking. Drive it from a timer: ``job.poll()`` (never blocks)
     returns the progress events since the last poll; then ``job.done``, ``job.result``, ``job.error``."""
 
     def __init__(self, client: Client, call: _Call) -> None:
-        self._client = client
-        self._call = call
+        super().__init__(client, call)
         self._result: GenerateResponse | None = None
         self.progress: Progress | None = None
 
     @property
     def request_key(self) -> str:
         return self._call.request_key or ""
-
-    @property
-    def done(self) -> bool:
-        return self._call.done
-
-    @property
-    def error(self) -> AigcError | None:
-        return self._call.error
 
     @property
     def result(self) -> GenerateResponse | None:
