@@ -79,6 +79,24 @@ class StopFlag:
         return self.signal is not None
 
 
+class Checkpointer:
+    """After each step: save every ``every_s`` seconds, and at once (then raise Stop) when a stop was asked
+    for, so a killed run loses at most ``every_s`` and an interrupted one nothing."""
+
+    def __init__(self, phase: str, save, every_s: float, stop: StopFlag, progress: Progress) -> None:
+        self.phase, self.save, self.every_s, self.stop, self.progress = phase, save, every_s, stop, progress
+        self.last = time.perf_counter()
+
+    def after_step(self, done: int) -> None:
+        if self.stop.requested:
+            self.save(done)
+            self.progress.close()
+            raise Stop(f"{self.phase}: stopped by {self.stop.signal} after step {done}; rerun with --resume")
+        if time.perf_counter() - self.last > self.every_s:
+            self.save(done)
+            self.last = time.perf_counter()
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:
     flag = StopFlag()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .circular import circular
 from .config import TrainConfig
 from .data import TrainingData, captions_for, is_backdrop_step, roll_each, step_rng
-from .loop import Ema, Progress, Stop, load, lr_factor, save_atomic, stop_on_signals
+from .loop import Checkpointer, Ema, Progress, load, lr_factor, save_atomic, stop_on_signals
 from .models import build_text_encoder, build_unet, tokenize
 
 UNET_DIR, TEXT_DIR, CHECKPOINT = "unet", "text_encoder", "checkpoints/unet.pt"
@@ -83,10 +83,11 @@ def train_unet(config: TrainConfig, data: TrainingData, latents: dict, tokenizer
 
     bar_cumprod = alphas_cumprod(config).to(device)
     progress = Progress("unet", config.unet_steps, start, quiet)
-    t0 = last_save = time.perf_counter()
+    t0 = time.perf_counter()
     unet.train()
     text_encoder.train()
     with stop_on_signals() as stop:
+        saver = Checkpointer('unet', checkpoint, config.checkpoint_every_s, stop, progress)
         for step in range(start, config.unet_steps):
             z, ids, t, noise, mode = (v.to(device) if torch.is_tensor(v) else v
                                       for v in _batch(config, data, latents, tokenizer, step))
@@ -107,13 +108,7 @@ def train_unet(config: TrainConfig, data: TrainingData, latents: dict, tokenizer
             opt.step()
             ema.update(step)
             progress.update(loss.item())
-            if stop.requested:
-                checkpoint(step + 1)
-                progress.close()
-                raise Stop(f"unet: stopped by {stop.signal} after step {step + 1}; rerun with --resume")
-            if time.perf_counter() - last_save > config.checkpoint_every_s:
-                checkpoint(step + 1)
-                last_save = time.perf_counter()
+            saver.after_step(step + 1)
     progress.close()
     checkpoint(config.unet_steps)
     log(f"unet: {config.unet_steps} steps, {progress.seconds_per_step:.3f} s/step this session")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .circular import circular
 from .config import TrainConfig
 from .data import TrainingData, is_backdrop_step, roll_each, step_rng, to_unit
-from .loop import Progress, Stop, load, lr_factor, save_atomic, stop_on_signals
+from .loop import Checkpointer, Progress, load, lr_factor, save_atomic, stop_on_signals
 from .models import build_vae
 
 VAE_DIR, LATENTS_FILE, CHECKPOINT = "vae", "latents.pt", "checkpoints/vae.pt"
@@ -62,10 +62,11 @@ def train_vae(config: TrainConfig, data: TrainingData, out: Path, device: torch.
                      "seconds": spent + time.perf_counter() - t0}, out / CHECKPOINT)
 
     progress = Progress("vae", config.vae_steps, start, quiet)
-    t0 = last_save = time.perf_counter()
+    t0 = time.perf_counter()
     step = start
     vae.train()
     with stop_on_signals() as stop:
+        saver = Checkpointer('vae', checkpoint, config.checkpoint_every_s, stop, progress)
         for step in range(start, config.vae_steps):
             x, mode, gen = _batch(config, data, step, device)
             for group in opt.param_groups:
@@ -80,13 +81,7 @@ def train_vae(config: TrainConfig, data: TrainingData, out: Path, device: torch.
             torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
             opt.step()
             progress.update(loss.item())
-            if stop.requested:
-                checkpoint(step + 1)
-                progress.close()
-                raise Stop(f"vae: stopped by {stop.signal} after step {step + 1}; rerun with --resume")
-            if time.perf_counter() - last_save > config.checkpoint_every_s:
-                checkpoint(step + 1)
-                last_save = time.perf_counter()
+            saver.after_step(step + 1)
         step = config.vae_steps
     progress.close()
     checkpoint(step)
