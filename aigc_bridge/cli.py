@@ -12,7 +12,8 @@ from . import __version__
 from .errors import AigcError
 
 NO_MODEL_HELP = (
-    "no model given: pass --model DIR, a model package made by `aigc-bridge export SOURCE DIR` "
+    "no model given and the default model (texture-mini) is not installed: pass --model DIR, a model package "
+    "made by `aigc-bridge export SOURCE DIR` "
     "(SOURCE: a diffusers folder or a Hugging Face id such as stabilityai/sd-turbo; needs "
     "`pip install 'aigc-bridge[export]'`)"
 )
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", required=True, type=Path,  # names: docs/outputs.md
                      help="output PNG; with --count N the files are NAME-1.png ... NAME-N.png")
     where = gen.add_mutually_exclusive_group()
-    where.add_argument("--model", type=Path, help="model package folder (generate in this process)")
+    where.add_argument("--model", type=Path,
+                       help="model package folder (generate in this process; default: the shipped texture-mini)")
     where.add_argument("--endpoint", help="generate on a running sidecar instead, e.g. tcp://127.0.0.1:5555")
     where.add_argument("--connection-file", type=Path,
                        help="the sidecar's connection file (endpoint, key, Curve key), as serve writes it")
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=_generate)
 
     srv = sub.add_parser("serve", help="run the generation sidecar (ZeroMQ, docs/protocol.md)")
-    srv.add_argument("--model", type=Path, help="model package folder to load")
+    srv.add_argument("--model", type=Path, help="model package folder to load (default: the shipped texture-mini)")
     srv.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu")
     srv.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     srv.add_argument("--bind", default="tcp://127.0.0.1:5555",
@@ -190,6 +192,9 @@ def _generate(args: argparse.Namespace) -> int:
     request = _request_from_args(args)  # validate before loading anything
     if args.endpoint is not None or args.connection_file is not None:
         return _generate_remote(args, request)
+    from .models import default_model_dir
+
+    args.model = args.model or default_model_dir()
     if args.model is None:
         raise AigcError("no_model", NO_MODEL_HELP, "model")
     from .engine import Pipeline
@@ -304,7 +309,9 @@ def _serve(args: argparse.Namespace) -> int:
     if config.authorized_keys is not None and config.curve_keys is None:
         raise AigcError("curve_key", "--authorized-keys needs --curve-key (the server's secret key)",
                         "curve_key")
-    return launch(config, model_dir=args.model, provider=args.provider, threads=args.threads,
+    from .models import default_model_dir
+
+    return launch(config, model_dir=args.model or default_model_dir(), provider=args.provider, threads=args.threads,
                   connection_file=args.connection_file)
 
 

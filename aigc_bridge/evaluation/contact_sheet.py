@@ -1,0 +1,61 @@
+"""A contact sheet: prompts in, one labelled grid of textures out (the README shows texture-mini's).
+
+    python -m aigc_bridge.evaluation.contact_sheet -o docs/images/texture-mini-contact-sheet.png [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..assets.writers import png_bytes, write_atomic
+from ..engine import Pipeline
+from ..models import default_model_dir
+from ..request import GenerateRequest
+
+PROMPTS = (
+    "red brick wall", "blue hexagon tiles", "weathered yellow wooden planks", "green grass",
+    "white marble", "black and white checkerboard", "orange gravel", "purple fabric weave",
+    "small red polka dots", "large blue stripes", "small white hexagon tiles", "black gravel",
+)
+
+
+def contact_sheet(pipeline: Pipeline, prompts: tuple[str, ...], seed: int, scale: int, columns: int) -> np.ndarray:
+    """Each prompt once (tile both, 2x2 tiled so seams would show), a caption strip under each."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for prompt in prompts:
+        image = pipeline.generate(GenerateRequest(prompt, seed=seed, tile="both")).image_uint8(0)
+        tiled = np.tile(image, (2, 2, 1))
+        big = Image.fromarray(tiled).resize((tiled.shape[1] * scale, tiled.shape[0] * scale), Image.NEAREST)
+        cell = Image.new("RGB", (big.width, big.height + 18), "white")
+        cell.paste(big, (0, 0))
+        ImageDraw.Draw(cell).text((3, big.height + 3), prompt, fill="black")
+        tiles.append(cell)
+    width, height = tiles[0].size
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * (width + 6) + 6, rows * (height + 6) + 6), "white")
+    for i, cell in enumerate(tiles):
+        sheet.paste(cell, (6 + (i % columns) * (width + 6), 6 + (i // columns) * (height + 6)))
+    return np.asarray(sheet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=None, help="model package (default: the shipped texture-mini)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scale", type=int, default=3, help="pixel size of each generated pixel")
+    p.add_argument("--columns", type=int, default=4)
+    args = p.parse_args(argv)
+    pipeline = Pipeline.load(args.model or default_model_dir(), provider="cpu")
+    write_atomic(args.output, png_bytes(contact_sheet(pipeline, PROMPTS, args.seed, args.scale, args.columns)))
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
