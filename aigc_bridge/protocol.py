@@ -719,24 +719,6 @@ class _List(_Spec):
 
 
 @dataclass(frozen=True)
-class _Map(_Spec):
-    """An object with free keys (e.g. timings): keys are short identifiers, values all one type."""
-
-    value: _Spec
-    max_items: int
-
-    def check(self, value: object, path: str, ctx: _Ctx) -> None:
-        if not isinstance(value, dict):
-            ctx.fail(path, f"must be an object, got {_json_type(value)}")
-        if len(value) > self.max_items:
-            ctx.fail(path, f"must have at most {self.max_items} entries, got {len(value)}")
-        for key, item in value.items():
-            if not _IDENT_RE.fullmatch(key):
-                ctx.fail(path, f"keys must match {_IDENT_RE.pattern}, got {key[:64]!r}")
-            self.value.check(item, _join(path, key), ctx)
-
-
-@dataclass(frozen=True)
 class _Free(_Spec):
     """A JSON object passed through as sent (e.g. provenance metadata): bounded, not interpreted."""
 
@@ -747,6 +729,20 @@ class _Free(_Spec):
             ctx.fail(path, f"must be an object, got {_json_type(value)}")
         if len(value) > self.max_items:
             ctx.fail(path, f"must have at most {self.max_items} entries, got {len(value)}")
+
+
+@dataclass(frozen=True)
+class _Map(_Free):
+    """An object with free keys (e.g. timings): keys are short identifiers, values all one type."""
+
+    value: _Spec
+
+    def check(self, value: object, path: str, ctx: _Ctx) -> None:
+        super().check(value, path, ctx)
+        for key, item in value.items():
+            if not _IDENT_RE.fullmatch(key):
+                ctx.fail(path, f"keys must match {_IDENT_RE.pattern}, got {key[:64]!r}")
+            self.value.check(item, _join(path, key), ctx)
 
 
 @dataclass(frozen=True)
@@ -821,7 +817,7 @@ _OUTPUT = _Obj(
 _IMAGE = _Obj(
     required={"buffer": _Int(0, MAX_BUFFERS - 1), "seed": _Int(0, MAX_SEED), "model_id": _NAME,
               "model_hash": _HASH, "provider": _PROVIDER},
-    optional={"timings": _Map(_SECONDS, 32), "metadata": _Free(256), "outputs": _List(_OUTPUT, 32)},
+    optional={"timings": _Map(32, _SECONDS), "metadata": _Free(256), "outputs": _List(_OUTPUT, 32)},
 )
 _MODEL_REF = _Obj(required={"id": _NAME, "hash": _HASH}, optional={"name": _NAME, "loaded": _Bool()})
 _MODEL_INFO = _Obj(
