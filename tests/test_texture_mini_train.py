@@ -95,6 +95,11 @@ def test_killed_run_resumes_to_the_same_weights(run_dir, tmp_path, monkeypatch):
         _train(out)
     assert _train(out, "--resume") == 130        # stopped in the UNet phase
     assert _train(out, "--resume") == 0
+    history = json.loads((out / "timings.json").read_text())
+    assert len(history) == 1                     # only the session that finished writes a line ...
+    totals = history[0]["training_s_all_sessions"]
+    assert set(totals) == {"vae", "unet"}        # ... but it counts the killed sessions' training too
+    assert totals["vae"] > 0 and totals["unet"] > 0
     for part in ("unet", "text_encoder", "vae"):
         name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
         a, b = load_file(run_dir / part / name), load_file(out / part / name)

@@ -110,6 +110,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     timings["export_s"] = time.perf_counter() - t
     _append_timings(args.out, timings)
     log("timings (this session): " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    log("training time over all sessions: " + ", ".join(f"{k} {v / 60:.1f} min"
+                                                      for k, v in training_seconds(args.out).items()))
     if args.no_eval:
         return {"package": str(package)}
     from aigc_bridge.evaluation import format_report, run_eval
@@ -120,12 +122,23 @@ def run(args: argparse.Namespace, log=print) -> dict:
     return report
 
 
+def training_seconds(out: Path) -> dict[str, float]:
+    """Seconds each training phase has run, summed over every session that resumed it (the checkpoints
+    carry the count; time after a phase's last checkpoint in a killed session is redone, so counted once)."""
+    from . import unet_phase, vae_phase
+    from .loop import load
+
+    return {phase: float(load(out / module.CHECKPOINT)["seconds"])
+            for phase, module in (("vae", vae_phase), ("unet", unet_phase)) if (out / module.CHECKPOINT).is_file()}
+
+
 def _append_timings(out: Path, timings: dict[str, float]) -> None:
-    """Every session's phase times, so a resumed run's total can be reconstructed."""
+    """Every session's phase times, plus the training phases' totals over all sessions."""
     path = out / "timings.json"
     history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
     history.append({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
-                    **{k: round(v, 1) for k, v in timings.items()}})
+                    **{k: round(v, 1) for k, v in timings.items()},
+                    "training_s_all_sessions": {k: round(v, 1) for k, v in training_seconds(out).items()}})
     path.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
 
 
