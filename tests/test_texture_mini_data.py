@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from aigc_bridge.assets.seams import seam_ratio
 from aigc_bridge.evaluation.colour import colour_name
-from aigc_bridge.evaluation.metrics import seam_ratio
 from aigc_bridge.texture_data import (
     BACKDROPS,
     CAPTION_RE,

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..assets.seams import seam_ratio
 from ..texture_data import COLOURS, FAMILIES, HELD_OUT_COMBOS, Spec, caption_for, render, sample
 from .colour import colour_name
-from .metrics import pairwise_distance, seam_ratio
+from .metrics import pairwise_distance
 from .patterns import PatternClassifier, blur
 
 TARGETS = {"colour": 0.85, "pattern": 0.50}  # issue 4's bar, on held-out prompts
