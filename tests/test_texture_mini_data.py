@@ -85,6 +85,17 @@ def test_held_out_combinations_and_captions_never_reach_training():
         assert is_held_out_caption(s.caption) and (s.spec.colour, s.spec.family) not in HELD_OUT_COMBOS
 
 
+def test_evaluation_prompts_name_the_colour_they_are_scored_on():
+    """A training caption may omit the colour ("large bricks"); scoring it against its image's colour would
+    count the model wrong for ignoring a word it was never given."""
+    from aigc_bridge.evaluation.run import SETS, eval_prompts
+
+    for split in SETS:
+        prompts = eval_prompts(split, 40)
+        assert len(prompts) == 40
+        assert all(spec.colour in caption.split() for caption, spec in prompts), split
+
+
 def test_held_out_lists_cover_every_colour_once():
     assert sorted(c for c, _ in HELD_OUT_COMBOS) == sorted(COLOURS)
     assert len({f for _, f in HELD_OUT_COMBOS}) == len(HELD_OUT_COMBOS)

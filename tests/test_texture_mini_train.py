@@ -131,5 +131,6 @@ def test_evaluation_runs_on_the_package(run_dir):
     assert set(report["sets"]) == {"heldout_caption", "heldout_combo", "train"}
     assert report["sets"]["heldout_combo"]["images"] == 4
     assert 0.5 < report["tileability"]["both"]["mean"] < 2.0
+    assert 0.5 < report["tileability"]["real"]["mean"] < 2.0  # periodic data at a random offset: no seam
     assert report["references"]["colour_real"] == 1.0
     assert "held-out (both sets)" in format_report(report)
