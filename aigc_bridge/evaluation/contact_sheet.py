@@ -14,26 +14,38 @@ from ..assets.writers import png_bytes, write_atomic
 from ..engine import Pipeline
 from ..models import default_model_dir
 from ..request import GenerateRequest
+from ..texture_data import HELD_OUT_COMBOS
 
+# (prompt, colour, family): the colour x family pair says whether the prompt's combination was held out of
+# training, which the sheet marks, so the reader sees generalisation next to recall.
 PROMPTS = (
-    "red brick wall", "blue hexagon tiles", "weathered yellow wooden planks", "green grass",
-    "white marble", "black and white checkerboard", "orange gravel", "purple fabric weave",
-    "small red polka dots", "large blue stripes", "small white hexagon tiles", "black gravel",
+    ("red brick wall", "red", "bricks"), ("blue brick wall", "blue", "bricks"),
+    ("weathered yellow wooden planks", "yellow", "planks"), ("green grass", "green", "grass"),
+    ("white marble", "white", "marble"), ("green checkerboard", "green", "checker"),
+    ("orange gravel", "orange", "gravel"), ("black fabric weave", "black", "weave"),
+    ("small red hexagon tiles", "red", "hexagons"), ("large purple stripes", "purple", "stripes"),
+    ("small white polka dots", "white", "dots"), ("blue zigzag pattern", "blue", "zigzag"),
 )
 
 
-def contact_sheet(pipeline: Pipeline, prompts: tuple[str, ...], seed: int, scale: int, columns: int) -> np.ndarray:
-    """Each prompt once (tile both, 2x2 tiled so seams would show), a caption strip under each."""
+def label(prompt: str, colour: str, family: str) -> str:
+    return f"{prompt} *" if (colour, family) in HELD_OUT_COMBOS else prompt
+
+
+def contact_sheet(pipeline: Pipeline, prompts: tuple[tuple[str, str, str], ...], seed: int, scale: int,
+                  columns: int) -> np.ndarray:
+    """Each prompt once (tile both, 2x2 tiled so seams would show), a caption strip under each; "*" marks
+    a colour x material combination the model never saw in training."""
     from PIL import Image, ImageDraw
 
     tiles = []
-    for prompt in prompts:
+    for prompt, colour, family in prompts:
         image = pipeline.generate(GenerateRequest(prompt, seed=seed, tile="both")).image_uint8(0)
         tiled = np.tile(image, (2, 2, 1))
         big = Image.fromarray(tiled).resize((tiled.shape[1] * scale, tiled.shape[0] * scale), Image.NEAREST)
         cell = Image.new("RGB", (big.width, big.height + 18), "white")
         cell.paste(big, (0, 0))
-        ImageDraw.Draw(cell).text((3, big.height + 3), prompt, fill="black")
+        ImageDraw.Draw(cell).text((3, big.height + 3), label(prompt, colour, family), fill="black")
         tiles.append(cell)
     width, height = tiles[0].size
     rows = -(-len(tiles) // columns)
