@@ -6,20 +6,22 @@ DEMO := demo-out
 
 .PHONY: demo test lint bench gpu clean addon
 
-# One dev/test environment: CPU torch 2.13 (found by pip on our machines), numpy<2 (bpy needs it).
-$(VENV)/.installed: pyproject.toml
+# One environment, in two layers: the runtime (all `make demo` needs: no torch), then the dev/test extras on top
+# (CPU torch 2.13, found by pip on our machines; numpy<2 from the start, since bpy needs it).
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu]' 'numpy<2'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-demo: $(VENV)/.installed
+# A tileable PBR texture set from the embedded model (texture-mini, docs/texture-mini.md), upscaled to 256 px.
+demo: $(VENV)/.runtime
 	@mkdir -p $(DEMO)
-	@test -f $(DEMO)/tiny-sd-onnx/model.json || { \
-	  $(PY) -m aigc_bridge_export.tiny $(DEMO)/tiny-sd && \
-	  $(VENV)/bin/aigc-bridge export $(DEMO)/tiny-sd $(DEMO)/tiny-sd-onnx --overwrite; }
-	$(VENV)/bin/aigc-bridge generate "red brick wall" -o $(DEMO)/wall.png --model $(DEMO)/tiny-sd-onnx \
-	  --tile both --seed 1 --steps 20
+	$(VENV)/bin/aigc-bridge generate "weathered red brick wall" -o $(DEMO)/wall.png --seed 1 --pbr --target-size 256
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--out", required=True, type=Path, help="output folder; every file goes inside it")
     where = bat.add_mutually_exclusive_group()
     where.add_argument("--model", type=Path, help="model package folder (generate in this process, or in each "
-                       "Ray actor with --ray)")
+                       "Ray actor with --ray; default: the shipped texture-mini)")
     where.add_argument("--endpoint", help="generate on a running sidecar, e.g. tcp://127.0.0.1:5555")
     where.add_argument("--connection-file", type=Path, help="the sidecar's connection file, as serve writes it")
     bat.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu (with --model)")
@@ -333,6 +333,10 @@ def _batch(args: argparse.Namespace) -> int:
     if args.ray is not None and args.model is None:
         raise AigcError("invalid_request", "--ray needs --model: each Ray actor loads the model itself",
                         "model")
+    if args.model is None and args.endpoint is None and args.connection_file is None:
+        from .models import default_model_dir
+
+        args.model = default_model_dir()
     job_file = load_job_file(args.jobs)
     blend = args.blend or job_file.blend_file
     if args.export_glb is not None:

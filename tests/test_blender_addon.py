@@ -551,20 +551,33 @@ def test_gltf_export_carries_the_textures(scene, tmp_path) -> None:
 
 
 def test_cycles_preview(scene, tmp_path) -> None:
-    """A small Cycles (CPU) render of textured objects under a generated backdrop. With
-    AIGC_UPDATE_PREVIEW=1 it is also written to docs/images/blender-preview.png for the docs."""
+    """A small Cycles (CPU) render of objects textured by the shipped model (texture-mini, on its own sidecar)
+    under a generated sky, with the templates cut to the object's own description, as an artist would for a
+    small model. With AIGC_UPDATE_PREVIEW=1 it is also written to docs/images/blender-preview.png."""
+    server = SidecarProcess(tmp_path, None)  # no --model: the default model
+    scene.prefs.connection_file = str(server.connection_file)
     crate, barrel = two_objects()
     bpy.ops.mesh.primitive_monkey_add(location=(-3, 0, 0))
     monkey = bpy.context.object
     monkey.name = "Bust"
-    for obj in (crate, barrel, monkey):  # adding the monkey selected it alone
+    prompts = {crate: "weathered blue wooden planks", barrel: "red brick wall", monkey: "white marble"}
+    for obj, prompt in prompts.items():  # adding the monkey selected it alone
         obj.select_set(True)
+        obj["aigc_prompt"] = prompt
     settings = bpy.context.scene.aigc
-    settings.backdrop_width, settings.backdrop_height = 256, 128
-    settings.tile_repeat = 0.5  # the tiny model paints pixel-fine noise: magnify it to read at 160x120
-    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
-    assert all(obj.active_material["aigc_generated"] for obj in (crate, barrel, monkey))
-    assert bpy.ops.aigc.generate_backdrop() == {"FINISHED"}
+    settings.object_template, settings.world_template = "{subject}", "{world}"
+    settings.world_description = "sky at sunset"
+    settings.steps = 20
+    settings.backdrop_width, settings.backdrop_height = 64, 32
+    try:
+        assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
+        assert bpy.ops.aigc.generate_backdrop() == {"FINISHED"}
+    finally:
+        server.stop()
+    albedo = {obj: pixels(obj.active_material.node_tree.nodes["AIGC albedo"].image) for obj in prompts}
+    assert all(obj.active_material["aigc_prompt"] == prompt for obj, prompt in prompts.items())
+    red, blue, white = (albedo[o][..., :3].mean(axis=(0, 1)) for o in (barrel, crate, monkey))
+    assert red[0] > red[2] + 0.2 and blue[2] > blue[0] + 0.2 and white.min() > 0.6  # the prompts' colours
     bpy.ops.object.camera_add(location=(0, -9.5, 2.2), rotation=(1.36, 0, 0))
     render_scene = bpy.context.scene
     render_scene.camera = bpy.context.object
@@ -573,14 +586,14 @@ def test_cycles_preview(scene, tmp_path) -> None:
     render_scene.cycles.device = "CPU"
     render_scene.cycles.samples = 16
     render_scene.cycles.use_denoising = False
-    render_scene.render.resolution_x, render_scene.render.resolution_y = 160, 120
+    render_scene.render.resolution_x, render_scene.render.resolution_y = 320, 240
     render_scene.render.resolution_percentage = 100
     render_scene.render.image_settings.file_format = "PNG"
     out = tmp_path / "blender-preview.png"
     render_scene.render.filepath = str(out)
     bpy.ops.render.render(write_still=True)
     image = decoded(out.read_bytes(), "RGB")
-    assert image.shape == (120, 160, 3) and image.std() > 5
+    assert image.shape == (240, 320, 3) and image.std() > 5
     assert out.stat().st_size < 200_000
     if os.environ.get("AIGC_UPDATE_PREVIEW") == "1":
         target = REPO / "docs" / "images" / "blender-preview.png"
