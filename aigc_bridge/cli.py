@@ -12,7 +12,8 @@ from . import __version__
 from .errors import AigcError
 
 NO_MODEL_HELP = (
-    "no model given and the default model (texture-mini) is not installed: pass --model DIR, a model package "
+    "no model given and no default model (AIGC_BRIDGE_MODEL=none, or texture-mini is not installed): pass "
+    "--model DIR, a model package "
     "made by `aigc-bridge export SOURCE DIR` "
     "(SOURCE: a diffusers folder or a Hugging Face id such as stabilityai/sd-turbo; needs "
     "`pip install 'aigc-bridge[export]'`)"
@@ -183,6 +184,19 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
 
 
+def _default_model() -> Path | None:
+    """The model when --model is not given; a wrong AIGC_BRIDGE_MODEL is named as such, not as a bad path."""
+    import os
+
+    from .models import ENV_VAR, default_model_dir
+
+    path = default_model_dir()
+    if path is not None and os.environ.get(ENV_VAR, "").strip() and not (path / "model.json").is_file():
+        raise AigcError("no_model", f"{ENV_VAR}={path} is not a model package (no model.json): point it at a "
+                        "folder `aigc-bridge export` made, set it to none, or unset it for texture-mini", "model")
+    return path
+
+
 def _generate(args: argparse.Namespace) -> int:
     from .assets.outputs import write_outputs
     from .progress import ProgressBar
@@ -192,9 +206,7 @@ def _generate(args: argparse.Namespace) -> int:
     request = _request_from_args(args)  # validate before loading anything
     if args.endpoint is not None or args.connection_file is not None:
         return _generate_remote(args, request)
-    from .models import default_model_dir
-
-    args.model = args.model or default_model_dir()
+    args.model = args.model or _default_model()
     if args.model is None:
         raise AigcError("no_model", NO_MODEL_HELP, "model")
     from .engine import Pipeline
@@ -309,9 +321,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config.authorized_keys is not None and config.curve_keys is None:
         raise AigcError("curve_key", "--authorized-keys needs --curve-key (the server's secret key)",
                         "curve_key")
-    from .models import default_model_dir
-
-    return launch(config, model_dir=args.model or default_model_dir(), provider=args.provider, threads=args.threads,
+    return launch(config, model_dir=args.model or _default_model(), provider=args.provider, threads=args.threads,
                   connection_file=args.connection_file)
 
 
@@ -334,9 +344,7 @@ def _batch(args: argparse.Namespace) -> int:
         raise AigcError("invalid_request", "--ray needs --model: each Ray actor loads the model itself",
                         "model")
     if args.model is None and args.endpoint is None and args.connection_file is None:
-        from .models import default_model_dir
-
-        args.model = default_model_dir()
+        args.model = _default_model()
     job_file = load_job_file(args.jobs)
     blend = args.blend or job_file.blend_file
     if args.export_glb is not None:

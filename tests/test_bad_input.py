@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -99,13 +100,17 @@ def test_graph_onnxruntime_cannot_load_is_reported_not_raised(package_copy):
 
 def test_cli_errors_are_one_line_without_traceback(tiny_sd, tmp_path):
     out = tmp_path / "o.png"
-    for args, needle in [
-        (["generate", "x", "-o", str(out)], "--model DIR"),
-        (["generate", "x", "-o", str(out), "--model", str(tiny_sd), "--steps", "0"], "steps must be between"),
-        (["generate", "x", "-o", str(out), "--model", str(tiny_sd), "--width", "66"], "multiple of 4"),
-        (["generate", "x", "-o", str(out), "--model", str(tmp_path / "none")], "does not exist"),
+    no_default = {**os.environ, "AIGC_BRIDGE_MODEL": "none"}
+    wrong_default = {**os.environ, "AIGC_BRIDGE_MODEL": str(tmp_path)}
+    for args, env, needle in [
+        (["generate", "x", "-o", str(out)], no_default, "--model DIR"),
+        (["generate", "x", "-o", str(out)], wrong_default, f"AIGC_BRIDGE_MODEL={tmp_path} is not a model package"),
+        (["serve", "--bind", "tcp://127.0.0.1:0"], wrong_default, "AIGC_BRIDGE_MODEL="),
+        (["generate", "x", "-o", str(out), "--model", str(tiny_sd), "--steps", "0"], None, "steps must be between"),
+        (["generate", "x", "-o", str(out), "--model", str(tiny_sd), "--width", "66"], None, "multiple of 4"),
+        (["generate", "x", "-o", str(out), "--model", str(tmp_path / "none")], None, "does not exist"),
     ]:
-        proc = cli(*args)
+        proc = cli(*args, env=env)
         assert proc.returncode == 2, proc.stderr
         assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()

@@ -212,7 +212,7 @@ def test_the_sidecar_makes_the_same_files(tmp_path, tiny_sd):
 def test_no_model_no_endpoint_is_a_clear_error(tmp_path):
     jobs = tmp_path / "jobs.toml"
     jobs.write_text('[[texture]]\nname = "a"\nprompt = "a"\n')
-    run = cli("batch", str(jobs), "--out", str(tmp_path / "out"))
+    run = cli("batch", str(jobs), "--out", str(tmp_path / "out"), env={**os.environ, "AIGC_BRIDGE_MODEL": "none"})
     assert run.returncode == 2 and "no model given" in run.stderr
     run = cli("batch", str(jobs), "--out", str(tmp_path / "out"), "--model", "m", "--workers", "2")
     assert run.returncode == 2 and "--workers needs --ray" in run.stderr

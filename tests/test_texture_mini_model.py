@@ -63,6 +63,18 @@ def test_generate_needs_no_model_option(tmp_path):
     assert out.is_file() and "texture-mini" not in proc.stderr
 
 
+def test_aigc_bridge_model_changes_the_default(tmp_path, tiny_sd):
+    """A user's own model as the default: no --model on every command."""
+    import json
+
+    env = {**os.environ, "AIGC_BRIDGE_MODEL": str(tiny_sd)}
+    proc = cli("generate", "red brick wall", "-o", str(tmp_path / "wall.png"), "--steps", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    mini = json.loads((default_model_dir() / "model.json").read_text())["model_id"]
+    used = json.loads((tmp_path / "wall.json").read_text())["model_id"]
+    assert used == json.loads((tiny_sd / "model.json").read_text())["model_id"] != mini
+
+
 def test_the_wheel_carries_the_model(tmp_path):
     """Built and unpacked as pip would install it, away from the source tree, the package still finds its model."""
     import subprocess

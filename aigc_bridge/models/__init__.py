@@ -1,14 +1,25 @@
 """Models shipped inside the package. texture-mini (docs/texture-mini.md) is the default: small enough to
-commit, trained by the project itself, so the first command works offline with nothing to download."""
+commit, trained by the project itself, so the first command works offline with nothing to download.
+
+``AIGC_BRIDGE_MODEL`` changes the default for ``generate``, ``serve`` and ``batch``: a model package folder
+(e.g. an exported SD-Turbo, so real work needs no ``--model`` on every command), or ``none`` for no default."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 DEFAULT_MODEL = "texture-mini"
+ENV_VAR = "AIGC_BRIDGE_MODEL"
 
 
 def default_model_dir() -> Path | None:
-    """The shipped default model package, or None in a checkout where it has not been trained yet."""
+    """The model to use when none is given: ``AIGC_BRIDGE_MODEL``'s folder, else the shipped package (None
+    where neither is there, e.g. a checkout before texture-mini was trained)."""
+    chosen = os.environ.get(ENV_VAR, "").strip()
+    if chosen.casefold() == "none":
+        return None
+    if chosen:
+        return Path(chosen).expanduser()
     path = Path(__file__).with_name(DEFAULT_MODEL)
     return path if (path / "model.json").is_file() else None
