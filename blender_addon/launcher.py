@@ -49,16 +49,14 @@ class LocalSidecar:
 
     def __init__(self, python: str, model: str, folder: str | os.PathLike, *, provider: str = "auto",
                  extra_args: tuple[str, ...] = ()) -> None:
-        if not model.strip():
-            raise LauncherError(message("sidecar_start", "No model folder is set: choose the model package "
-                                        "(made by `aigc-bridge export`) in the preferences"))
         self.python = find_python(python)
-        self.model = os.path.expanduser(model.strip())
+        self.model = os.path.expanduser(model.strip()) or None  # None: serve's default (texture-mini)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.connection_file = folder / f"sidecar-{os.getpid()}.json"
         self.log_path = folder / f"sidecar-{os.getpid()}.log"
-        self.cmd = [str(self.python), "-m", "aigc_bridge.cli", "serve", "--model", self.model,
+        model_args = ["--model", self.model] if self.model else []
+        self.cmd = [str(self.python), "-m", "aigc_bridge.cli", "serve", *model_args,
                     "--bind", "tcp://127.0.0.1:0", "--connection-file", str(self.connection_file),
                     "--provider", provider, *extra_args]
         self.proc: subprocess.Popen | None = None

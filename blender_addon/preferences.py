@@ -34,7 +34,8 @@ class AIGC_Preferences(bpy.types.AddonPreferences):
     python_env: StringProperty(name="Python environment", subtype="DIR_PATH", default="",
                                description="Folder of a Python environment with aigc-bridge[gpu] installed")
     model_dir: StringProperty(name="Model folder", subtype="DIR_PATH", default="",
-                              description="A model package made by `aigc-bridge export`")
+                              description="A model package made by `aigc-bridge export` (empty: the default "
+                              "model, texture-mini or $AIGC_BRIDGE_MODEL)")
     provider: EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "Best available"), ("cuda", "CUDA", "NVIDIA GPU"), ("dml", "DirectML", "Windows GPU"),
         ("coreml", "Core ML", "Apple"), ("cpu", "CPU", "Slow, always works")])

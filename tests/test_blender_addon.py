@@ -519,6 +519,13 @@ def test_local_sidecar_start_status_stop(scene, tiny_sd) -> None:
     assert bpy.ops.aigc.stop_sidecar() == {"FINISHED"}
     assert sidecar.proc.poll() is not None and not sidecar.connection_file.exists()
     assert runner.STATE.sidecar is None
+    prefs.model_dir = ""  # no model folder: the sidecar serves the default model
+    assert bpy.ops.aigc.start_sidecar(mode="BLOCKING") == {"FINISHED"}
+    try:
+        assert bpy.ops.aigc.refresh_status() == {"FINISHED"}
+        assert runner.STATE.status["model"]["id"] == "texture-mini"
+    finally:
+        assert bpy.ops.aigc.stop_sidecar() == {"FINISHED"}
 
 
 # --- what leaves Blender ---------------------------------------------------------------------------------
