@@ -184,19 +184,6 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
 
 
-def _default_model() -> Path | None:
-    """The model when --model is not given; a wrong AIGC_BRIDGE_MODEL is named as such, not as a bad path."""
-    import os
-
-    from .models import ENV_VAR, default_model_dir
-
-    path = default_model_dir()
-    if path is not None and os.environ.get(ENV_VAR, "").strip() and not (path / "model.json").is_file():
-        raise AigcError("no_model", f"{ENV_VAR}={path} is not a model package (no model.json): point it at a "
-                        "folder `aigc-bridge export` made, set it to none, or unset it for texture-mini", "model")
-    return path
-
-
 def _generate(args: argparse.Namespace) -> int:
     from .assets.outputs import write_outputs
     from .progress import ProgressBar
@@ -206,7 +193,9 @@ def _generate(args: argparse.Namespace) -> int:
     request = _request_from_args(args)  # validate before loading anything
     if args.endpoint is not None or args.connection_file is not None:
         return _generate_remote(args, request)
-    args.model = args.model or _default_model()
+    from .models import default_model_dir
+
+    args.model = args.model or default_model_dir()
     if args.model is None:
         raise AigcError("no_model", NO_MODEL_HELP, "model")
     from .engine import Pipeline
@@ -321,7 +310,9 @@ def _serve(args: argparse.Namespace) -> int:
     if config.authorized_keys is not None and config.curve_keys is None:
         raise AigcError("curve_key", "--authorized-keys needs --curve-key (the server's secret key)",
                         "curve_key")
-    return launch(config, model_dir=args.model or _default_model(), provider=args.provider, threads=args.threads,
+    from .models import default_model_dir
+
+    return launch(config, model_dir=args.model or default_model_dir(), provider=args.provider, threads=args.threads,
                   connection_file=args.connection_file)
 
 
@@ -344,7 +335,9 @@ def _batch(args: argparse.Namespace) -> int:
         raise AigcError("invalid_request", "--ray needs --model: each Ray actor loads the model itself",
                         "model")
     if args.model is None and args.endpoint is None and args.connection_file is None:
-        args.model = _default_model()
+        from .models import default_model_dir
+
+        args.model = default_model_dir()
     job_file = load_job_file(args.jobs)
     blend = args.blend or job_file.blend_file
     if args.export_glb is not None:

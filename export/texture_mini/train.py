@@ -108,10 +108,10 @@ def run(args: argparse.Namespace, log=print) -> dict:
     package = export_package(config, diffusers_dir, args.out / PACKAGE_DIR, log=log if not args.quiet else
                              (lambda _m: None))
     timings["export_s"] = time.perf_counter() - t
-    _append_timings(args.out, timings)
+    totals = training_seconds(args.out)
+    _append_timings(args.out, timings, totals)
     log("timings (this session): " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    log("training time over all sessions: " + ", ".join(f"{k} {v / 60:.1f} min"
-                                                      for k, v in training_seconds(args.out).items()))
+    log("training time over all sessions: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in totals.items()))
     if args.no_eval:
         return {"package": str(package)}
     from aigc_bridge.evaluation import format_report, run_eval
@@ -132,13 +132,13 @@ def training_seconds(out: Path) -> dict[str, float]:
             for phase, module in (("vae", vae_phase), ("unet", unet_phase)) if (out / module.CHECKPOINT).is_file()}
 
 
-def _append_timings(out: Path, timings: dict[str, float]) -> None:
+def _append_timings(out: Path, timings: dict[str, float], totals: dict[str, float]) -> None:
     """Every session's phase times, plus the training phases' totals over all sessions."""
     path = out / "timings.json"
     history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
     history.append({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
                     **{k: round(v, 1) for k, v in timings.items()},
-                    "training_s_all_sessions": {k: round(v, 1) for k, v in training_seconds(out).items()}})
+                    "training_s_all_sessions": {k: round(v, 1) for k, v in totals.items()}})
     path.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
 
 
