@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import AigcError
+from .request import SCHEDULERS
 
 NO_MODEL_HELP = (
     "no model given and no default model (AIGC_BRIDGE_MODEL=none, or texture-mini is not installed): pass "
@@ -29,7 +30,8 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="image height in pixels")
     p.add_argument("--tile", choices=("none", "both", "x"),
                    help="seamless: both = tileable texture, x = wraps horizontally (360-degree panorama)")
-    p.add_argument("--scheduler", choices=("euler", "euler_a", "ddim", "dpmpp_2m", "lcm"))
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="default: the model's own (dpmpp_2m follows its config; dpmpp_2m_karras forces Karras sigmas)")
     p.add_argument("--count", type=int, default=1, help="images (seeds seed, seed+1, ...)")
     p.add_argument("--kind", choices=("texture", "backdrop"), default="texture",
                    help="backdrop: a 360-degree equirectangular sky (2:1, wraps on x) with cube faces and a skydome")
@@ -38,6 +40,21 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normal-convention", choices=("opengl", "directx"), default="opengl",
                    help="normal map green channel: +Y (Blender, glTF, Unity, Godot) or -Y (DirectX engines)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth of colour and data maps")
+
+
+def _add_memory_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory-limit", type=float, metavar="GB",
+                   help="memory generation may use, in GB (default on the CPU: 85%% of what is free at start); "
+                   "larger requests are refused before they run")
+
+
+def _memory_limit(args: argparse.Namespace) -> int | None:
+    if args.memory_limit is None:
+        return None
+    if not args.memory_limit > 0:
+        raise AigcError("invalid_request", f"--memory-limit must be more than 0 GB, got {args.memory_limit}",
+                        "memory_limit")
+    return int(args.memory_limit * 1024**3)
 
 
 def _add_client_options(p: argparse.ArgumentParser) -> None:
@@ -64,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--connection-file", type=Path,
                        help="the sidecar's connection file (endpoint, key, Curve key), as serve writes it")
     gen.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu (with --model)")
+    _add_memory_option(gen)
     _add_client_options(gen)
     _add_generation_options(gen)
     gen.set_defaults(run=_generate)
@@ -72,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model", type=Path, help="model package folder to load (default: the shipped texture-mini)")
     srv.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu")
     srv.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    _add_memory_option(srv)
     srv.add_argument("--bind", default="tcp://127.0.0.1:5555",
                      help="endpoint to bind (default %(default)s; port 0 picks a free port; anything but "
                      "loopback or ipc:// needs --curve-key and --authorized-keys)")
@@ -200,7 +219,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise AigcError("no_model", NO_MODEL_HELP, "model")
     from .engine import Pipeline
 
-    pipeline = Pipeline.load(args.model, provider=args.provider)
+    pipeline = Pipeline.load(args.model, provider=args.provider, memory_limit=_memory_limit(args))
     resolved = pipeline.resolve(request)
     bar = ProgressBar(resolved.steps, "denoising")
     interrupted: list[bool] = []
@@ -313,7 +332,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .models import default_model_dir
 
     return launch(config, model_dir=args.model or default_model_dir(), provider=args.provider, threads=args.threads,
-                  connection_file=args.connection_file)
+                  connection_file=args.connection_file, memory_limit=_memory_limit(args))
 
 
 def _batch(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ KINDS = ("texture", "backdrop")
 FORMATS = ("png", "exr")
 NORMAL_CONVENTIONS = ("opengl", "directx")
 BIT_DEPTHS = (8, 16)
-SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "lcm")
+# dpmpp_2m follows the model's config (Karras sigmas only where it asks); dpmpp_2m_karras forces them.
+SCHEDULERS = ("euler", "euler_a", "ddim", "pndm", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
 
 MAX_SIDE = 4096
 MAX_STEPS = 500

@@ -26,6 +26,8 @@ _FIXES = {
     "shutting_down": "Start the sidecar again",
     "model_package": "Check the model folder: it must be a package made by `aigc-bridge export`",
     "inference_failed": "See the sidecar's log; try a smaller resolution or fewer images",
+    "insufficient_memory": "Set Generate at to Model's size and pick the Texture Size you want: the texture is "
+                           "generated at the model's size and resized",
     "internal": "See the sidecar's log and report it",
     "sidecar_start": f"Check Python environment and Model folder ({PREFS})",
     "invalid_scene": "Check the names and prompts in the AIGC panel",

@@ -85,9 +85,13 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
                                                         settings.world_template))
 
     col = layout.column(align=True)
-    row = col.row(align=True)
-    row.prop(settings, "width")
-    row.prop(settings, "height")
+    col.prop(settings, "size_mode")
+    if settings.size_mode == "CUSTOM":
+        row = col.row(align=True)
+        row.prop(settings, "width")
+        row.prop(settings, "height")
+    else:
+        col.prop(settings, "texture_size")
     col.prop(settings, "steps")
     row = col.row(align=True)
     row.prop(settings, "seed_mode", expand=True)
@@ -104,9 +108,12 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
 
     col = layout.column(align=True)
     col.prop(settings, "backdrop_target")
-    row = col.row(align=True)
-    row.prop(settings, "backdrop_width")
-    row.prop(settings, "backdrop_height")
+    if settings.size_mode == "CUSTOM":
+        row = col.row(align=True)
+        row.prop(settings, "backdrop_width")
+        row.prop(settings, "backdrop_height")
+    else:
+        col.prop(settings, "backdrop_size")
 
     layout.prop(settings, "show_templates", icon="TRIA_DOWN" if settings.show_templates else "TRIA_RIGHT")
     if settings.show_templates:

@@ -44,11 +44,22 @@ def _seed(settings) -> int | None:
     return settings.seed if settings.seed_mode == "FIXED" else None  # None: the sidecar picks, and says which
 
 
+def size_fields(settings, kind: str) -> dict:
+    """Model's size (default): width and height left to the model, the output resized to the chosen size;
+    Custom: generated at the given size (0 leaves a side to the model), not resized."""
+    if settings.size_mode == "CUSTOM":
+        width, height = ((settings.width, settings.height) if kind == TEXTURE
+                         else (settings.backdrop_width, settings.backdrop_height))
+        return {"width": width or None, "height": height or None, "target_size": None}
+    size = settings.texture_size if kind == TEXTURE else settings.backdrop_size
+    return {"width": None, "height": None, "target_size": None if size == "NATIVE" else int(size)}
+
+
 def texture_tasks(scene: bpy.types.Scene, objects: list[bpy.types.Object]) -> list[Task]:
     """One texture task per mesh object, prompts composed from the scene description."""
     settings = scene.aigc
     description = scene_data.describe_scene(scene, objects)
-    fields = {"width": settings.width, "height": settings.height, "steps": settings.steps,
+    fields = {**size_fields(settings, TEXTURE), "steps": settings.steps or None,
               "seed": _seed(settings), "tile": "both" if settings.tiling else "none", "kind": TEXTURE,
               "negative_prompt": settings.negative_prompt, "pbr": settings.pbr_maps}
     return [Task(TEXTURE, obj.name, compose_object_prompt(description, item, settings.object_template),
@@ -58,12 +69,12 @@ def texture_tasks(scene: bpy.types.Scene, objects: list[bpy.types.Object]) -> li
 
 def backdrop_task(scene: bpy.types.Scene) -> Task:
     """The backdrop task: an equirectangular panorama (2:1, wraps on x, poles softened by the sidecar) for
-    the World; a plain picture of the requested size for a camera plane."""
+    the World; a plain picture for a camera plane (which shows its middle at the camera's aspect)."""
     settings = scene.aigc
     prompt = compose_world_prompt(scene_data.describe_scene(scene), settings.world_template)
     world = settings.backdrop_target == "WORLD"
     return Task(BACKDROP, scene.name, prompt, {
-        "width": settings.backdrop_width, "height": settings.backdrop_height, "steps": settings.steps,
+        **size_fields(settings, BACKDROP), "steps": settings.steps or None,
         "seed": _seed(settings), "tile": "x" if world else "none", "kind": BACKDROP if world else TEXTURE,
         "negative_prompt": settings.negative_prompt})
 

@@ -9,6 +9,9 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from aigc_bridge.prompts import OBJECT_TEMPLATE, WORLD_TEMPLATE
 
+_OUTPUT_SIZES = [("NATIVE", "As generated", "No resizing")] + [
+    (str(n), f"{n} px", f"Resize to {n} px wide") for n in (256, 512, 1024, 2048, 4096)]
+
 
 class AIGC_SceneSettings(bpy.types.PropertyGroup):
     style: StringProperty(name="Style", description="The look of the whole scene, added to every prompt",
@@ -22,13 +25,27 @@ class AIGC_SceneSettings(bpy.types.PropertyGroup):
                                    description="Backdrop prompt; same fields as the object template")
     negative_prompt: StringProperty(name="Negative", description="What the images should not show",
                                     default="")
-    width: IntProperty(name="Width", default=512, min=8, max=4096, step=64, subtype="PIXEL",
-                       description="Texture width (a multiple of the model's size step, 64 for SD)")
-    height: IntProperty(name="Height", default=512, min=8, max=4096, step=64, subtype="PIXEL")
-    backdrop_width: IntProperty(name="Width", default=1024, min=8, max=4096, step=64, subtype="PIXEL",
-                                description="Backdrop width; 2:1 for an equirectangular World")
-    backdrop_height: IntProperty(name="Height", default=512, min=8, max=4096, step=64, subtype="PIXEL")
-    steps: IntProperty(name="Steps", default=20, min=1, max=500, description="Denoising steps")
+    # Sizes: by default the model generates at its own size (what it does well, in seconds) and the result is
+    # resized to the output size an engine wants; Custom generates at the given size (0: the model's).
+    size_mode: EnumProperty(name="Generate at", default="MODEL", items=[
+        ("MODEL", "Model's size", "Generate at the model's own size, then resize to Texture Size (fast; what the "
+                                  "model was trained for)"),
+        ("CUSTOM", "Custom", "Generate at Width x Height (slower and more memory; the sidecar refuses what this "
+                             "machine cannot hold)")])
+    texture_size: EnumProperty(name="Texture Size", default="512", items=_OUTPUT_SIZES,
+                               description="Size of the texture files (a power of two, as engines want)")
+    backdrop_size: EnumProperty(name="Backdrop Size", default="1024", items=_OUTPUT_SIZES,
+                                description="Width of the backdrop image (an equirectangular World is 2:1)")
+    width: IntProperty(name="Width", default=0, min=0, max=4096, step=64, subtype="PIXEL",
+                       description="Custom generation width (a multiple of the model's size step; 0: the model's)")
+    height: IntProperty(name="Height", default=0, min=0, max=4096, step=64, subtype="PIXEL",
+                        description="Custom generation height (0: the model's)")
+    backdrop_width: IntProperty(name="Width", default=0, min=0, max=4096, step=64, subtype="PIXEL",
+                                description="Custom backdrop width; 2:1 for an equirectangular World (0: the model's)")
+    backdrop_height: IntProperty(name="Height", default=0, min=0, max=4096, step=64, subtype="PIXEL",
+                                 description="Custom backdrop height (0: half the width)")
+    steps: IntProperty(name="Steps", default=0, min=0, max=500,
+                       description="Denoising steps (0: the model's recommendation)")
     seed_mode: EnumProperty(name="Seed", default="RANDOM", items=[
         ("RANDOM", "Random", "A new seed every run (the one used is stored with the result)"),
         ("FIXED", "Fixed", "The same seed every run, to repeat or vary a result deliberately")])

@@ -275,8 +275,9 @@ def result_info(response: GenerateResponse, image: GeneratedImage) -> dict:
     return {"prompt": request.get("prompt"), "negative_prompt": request.get("negative_prompt"),
             "seed": image.seed, "model": image.model_id, "model_hash": image.model_hash,
             "provider": image.provider,
-            "steps": request.get("steps"), "width": image.width, "height": image.height,
-            "tile": request.get("tile"), "kind": request.get("kind"), "request_key": response.request_key}
+            "steps": request.get("steps"), "width": request.get("width"), "height": request.get("height"),
+            "target_size": request.get("target_size"), "tile": request.get("tile"), "kind": request.get("kind"),
+            "request_key": response.request_key}
 
 
 def _apply(run: Run, task: Task, job: Job) -> None:

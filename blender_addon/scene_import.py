@@ -30,7 +30,7 @@ EXR_COLOUR_SPACE = "Linear Rec.709"  # HDR backdrops (format exr) are linear-lig
 TEXTURE_FOLDER = "aigc_textures"     # beside the .blend, when textures are saved rather than packed
 PLANE_NAME = "AIGC Backdrop"
 _INFO_KEYS = ("prompt", "negative_prompt", "seed", "model", "model_hash", "provider", "steps", "width",
-              "height", "tile", "kind", "request_key")
+              "height", "target_size", "tile", "kind", "request_key")
 
 __all__ = ["COLOUR_SPACES", "apply_texture_set", "ensure_uvs", "image_from_bytes", "set_backdrop_plane",
            "set_world_backdrop", "store_info"]
@@ -275,11 +275,23 @@ def set_world_backdrop(scene: bpy.types.Scene, data: bytes, info: Mapping | None
     return world
 
 
+def _cover(plane_w: float, plane_h: float, image_w: int, image_h: int) -> tuple[tuple, tuple]:
+    """UV corners (lower left, upper right) that show the middle of the image at the plane's aspect, as
+    "cover" does on the web: nothing stretched, the overhang cropped."""
+    plane, picture = plane_w / max(plane_h, 1e-9), image_w / max(image_h, 1)
+    if picture > plane:  # wider than the frame: crop left and right
+        span = plane / picture
+        return (0.5 - span / 2, 0.0), (0.5 + span / 2, 1.0)
+    span = picture / plane
+    return (0.0, 0.5 - span / 2), (1.0, 0.5 + span / 2)
+
+
 def set_backdrop_plane(scene: bpy.types.Scene, data: bytes, info: Mapping | None = None, *,
                        camera: bpy.types.Object | None = None, distance: float = 50.0, pack: bool = True,
                        directory: str | None = None) -> bpy.types.Object:
     """A plane that fills the camera's view at ``distance``, parented to the camera so it keeps facing it,
-    with an emission material (lights do not shade a backdrop). Replaces the plane made before."""
+    with an emission material (lights do not shade a backdrop), showing the image's middle at the camera's
+    aspect. Replaces the plane made before."""
     info = info or {}
     camera = camera or scene.camera
     if camera is None or camera.type != "CAMERA":
@@ -291,10 +303,15 @@ def set_backdrop_plane(scene: bpy.types.Scene, data: bytes, info: Mapping | None
     plane = bpy.data.objects.get(PLANE_NAME)
     if plane is not None and not plane.get(GENERATED):
         plane = None  # a user's object with our name: leave it alone
+    colour_space = EXR_COLOUR_SPACE if _is_exr(data) else COLOUR_SPACES["backdrop"]
+    image = image_from_bytes(f"AIGC {scene.name} backdrop plane", data, colour_space, pack=pack,
+                             directory=directory)
+    store_info(image, info)
     mesh = bpy.data.meshes.new(PLANE_NAME)
     mesh.from_pydata(verts, [], [(3, 2, 1, 0)])
     uv = mesh.uv_layers.new(name="UVMap")
-    for loop, corner in zip(mesh.loops, [(0, 1), (0, 0), (1, 0), (1, 1)]):
+    (u0, v0), (u1, v1) = _cover(verts[0][0] - verts[3][0], verts[0][1] - verts[1][1], *image.size)
+    for loop, corner in zip(mesh.loops, [(u0, v1), (u0, v0), (u1, v0), (u1, v1)]):
         uv.data[loop.index].uv = corner
     if plane is None:
         plane = bpy.data.objects.new(PLANE_NAME, mesh)
@@ -315,10 +332,6 @@ def set_backdrop_plane(scene: bpy.types.Scene, data: bytes, info: Mapping | None
     tree = _node_tree(material)
     _clear(tree)
     nodes, links = tree.nodes, tree.links
-    colour_space = EXR_COLOUR_SPACE if _is_exr(data) else COLOUR_SPACES["backdrop"]
-    image = image_from_bytes(f"AIGC {scene.name} backdrop plane", data, colour_space, pack=pack,
-                             directory=directory)
-    store_info(image, info)
     tex = nodes.new("ShaderNodeTexImage")
     tex.name = "AIGC backdrop"
     tex.image = image

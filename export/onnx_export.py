@@ -33,8 +33,10 @@ from aigc_bridge.engine.package import (
     package_hash,
     sha256_file,
 )
+from aigc_bridge.engine.schedulers import scheduler_for_class
 from aigc_bridge.errors import AigcError
 
+from .memory_profile import profile_package
 from .seamless import seamless
 
 OPSET = 17
@@ -132,10 +134,50 @@ def _detect(pipe, source: str, distillation: str | None) -> tuple[str, str]:
 
 def _recommended(family: str, distillation: str, timestep_cond: bool) -> dict:
     if distillation == "turbo":
-        return {"steps": 1, "guidance": 0.0, "scheduler": "euler"}
+        return {"steps": 1, "guidance": 0.0}
     if distillation == "lcm":
-        return {"steps": 4, "guidance": 8.0 if timestep_cond else 1.0, "scheduler": "lcm"}
-    return {"steps": 25, "guidance": 5.0 if family == "sdxl" else 7.5, "scheduler": "euler"}
+        return {"steps": 4, "guidance": 8.0 if timestep_cond else 1.0}
+    return {"steps": 25, "guidance": 5.0 if family == "sdxl" else 7.5}
+
+
+def _scheduler_config(scheduler, distillation: str) -> dict:
+    """The source scheduler's config, with the record of which values diffusers filled in itself
+    (``_use_default_values``): a swap to another scheduler must give those keys the target's defaults, as
+    ``TargetClass.from_config`` does (SD 2.1's DDIM config leaves timestep_spacing out: DDIM's "leading", but
+    Euler's "linspace")."""
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    defaulted = set(scheduler.config.get("_use_default_values") or ())
+    if distillation == "turbo":
+        config["timestep_spacing"] = "trailing"  # one-step turbo sampling starts at t=999, whatever the class
+        defaulted.discard("timestep_spacing")
+    if defaulted & set(config):
+        config["_use_default_values"] = sorted(defaulted & set(config))
+    config["_class_name"] = type(scheduler).__name__
+    return config
+
+
+def _default_scheduler(config: dict, distillation: str, log: Callable[[str], None]) -> str:
+    """What the model runs with when a request names none: its own scheduler, as diffusers' pipeline does
+    (LCM-distilled UNets need LCM steps whatever config they were saved with)."""
+    if distillation == "lcm":
+        return "lcm"
+    own = scheduler_for_class(config["_class_name"], config)
+    if own is None:
+        log(f"  the model's own scheduler, {config['_class_name']}, has no port in the runtime: it runs with "
+            "euler unless a request names another")
+        return "euler"
+    return own
+
+
+def _vae_latent_stats(family: str, vae_cfg) -> dict:
+    """How latents map to the VAE's space, as the family's diffusers pipeline reads the VAE config: SDXL
+    pipelines use per-channel ``latents_mean`` / ``latents_std`` when the config has both (Playground-style
+    VAEs); the SD and SDXL pipelines ignore ``shift_factor`` (a flow-model VAE key), so it is 0 here."""
+    stats = {"vae_shift_factor": 0.0, "vae_latents_mean": None, "vae_latents_std": None}
+    mean, std = vae_cfg.get("latents_mean"), vae_cfg.get("latents_std")
+    if family == "sdxl" and mean is not None and std is not None:
+        stats.update(vae_latents_mean=[float(v) for v in mean], vae_latents_std=[float(v) for v in std])
+    return stats
 
 
 OPTIMIZE_TARGETS = ("none", "cpu", "gpu")
@@ -152,6 +194,7 @@ class ExportOptions:
     seamless: bool = True       # also export the tile_both / tile_x variants (they share the weights)
     optimize: str = "none"      # onnxruntime transformer-optimizer fusions for the CPU or the (CUDA) GPU
     recommended: dict | None = None
+    memory_profile: bool = True  # measure each graph's working memory (the runtime refuses what cannot fit)
 
     def __post_init__(self) -> None:
         if self.optimize not in OPTIMIZE_TARGETS:
@@ -294,13 +337,11 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         for graph in graphs:
             _export_graph(graph, root, Path(scratch), fp16 and not graph.fp32, opts.optimize, log)
 
-    scheduler_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
-    scheduler_config["_class_name"] = type(pipe.scheduler).__name__
-    if distillation == "turbo":
-        scheduler_config["timestep_spacing"] = "trailing"  # one-step turbo sampling starts at t=999
+    scheduler_config = _scheduler_config(pipe.scheduler, distillation)
     sample_size = unet_cfg.sample_size
     sample_size = sample_size if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
-    recommended = {**_recommended(family, distillation, timestep_cond), **(opts.recommended or {})}
+    recommended = {**_recommended(family, distillation, timestep_cond),
+                   "scheduler": _default_scheduler(scheduler_config, distillation, log), **(opts.recommended or {})}
     manifest = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_id": opts.model_id, "source": source,
         "family": family, "distillation": distillation,
@@ -309,7 +350,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         "optimization": opts.optimize, "opset": OPSET, "latent_channels": int(latent_channels),
         "vae_scale_factor": vae_factor,
         "vae_scaling_factor": float(vae_cfg.scaling_factor),
-        "vae_shift_factor": float(vae_cfg.get("shift_factor") or 0.0),
+        **_vae_latent_stats(family, vae_cfg),
         "size_multiple": vae_factor * latent_multiple,
         "native_size": [int(sample_size[0]) * vae_factor, int(sample_size[1]) * vae_factor],
         "prediction_type": scheduler_config.get("prediction_type", "epsilon"),
@@ -323,6 +364,8 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         "vae_encoder": {"graphs": by_name["vae_encoder"].files},
         "parity": {name: numbers for graph in graphs for name, numbers in graph.parity.items()},
     }
+    if opts.memory_profile:
+        manifest["memory"] = profile_package(root, manifest, log)
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     manifest["files"] = files
     manifest["package_hash"] = package_hash(files)

@@ -39,5 +39,20 @@ def test_bench_prints_its_table(tmp_path):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[-2].endswith("x") and cells[-1].endswith("%"), row  # ratio and fraction of the floor
+        assert 0 < float(cells[-1].rstrip("%")) <= 100, row  # a floor our run beats would not be a floor
         assert float(cells[6]) > 0 and float(cells[9]) > 0  # ours and diffusers ms per image
     assert (tmp_path / "table.md").read_text().count("| tiny |") == 2
+
+
+def test_flops_count_every_step_and_the_text_encoder_once(tiny_sd_src):
+    """The one-step trace extrapolated to N steps equals tracing all N steps (CFG on: two prompts, batch 2)."""
+    import torch
+    from aigc_bridge_export.bench import Workload, count_flops
+    from diffusers import DiffusionPipeline
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_sd_src, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        pipe("x", num_inference_steps=3, guidance_scale=7.5, height=64, width=64, output_type="np")
+    assert count_flops(tiny_sd_src, Workload("tiny", 64, 3, 7.5), 1) == counter.get_total_flops()

@@ -94,8 +94,7 @@ def scene(addon, shared):
     prefs.timeout_s = 2.0
     prefs.force_timer = False
     settings = bpy.context.scene.aigc
-    settings.width = settings.height = 64
-    settings.backdrop_width, settings.backdrop_height = 128, 64
+    settings.texture_size = settings.backdrop_size = "NATIVE"  # the tiny model's own 64 px / 128 x 64
     settings.steps = 4
     settings.style = "weathered sci-fi"
     settings.world_description = "foggy harbour at dawn"
@@ -574,8 +573,8 @@ def test_cycles_preview(scene, tmp_path) -> None:
     settings = bpy.context.scene.aigc
     settings.object_template, settings.world_template = "{subject}", "{world}"
     settings.world_description = "sky at sunset"
-    settings.steps = 20
-    settings.backdrop_width, settings.backdrop_height = 64, 32
+    settings.steps = 0  # the model's recommendation
+    settings.texture_size = settings.backdrop_size = "NATIVE"  # 32 px textures, a 64 x 32 sky: as generated
     try:
         assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
         assert bpy.ops.aigc.generate_backdrop() == {"FINISHED"}
@@ -606,6 +605,46 @@ def test_cycles_preview(scene, tmp_path) -> None:
         target = REPO / "docs" / "images" / "blender-preview.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, target)
+
+
+def test_default_settings_with_the_shipped_model(scene, tmp_path) -> None:
+    """The panel as a new user finds it, on texture-mini: a 512 px texture and a 1024 x 512 World, generated at
+    the model's 32 px and resized (seconds on 2 cores, not minutes); a custom 4096 x 4096 is refused at once
+    with the way to a large texture, and the scene keeps what it had."""
+    server = SidecarProcess(tmp_path, None)
+    scene.prefs.connection_file = str(server.connection_file)
+    bpy.context.scene.property_unset("aigc")  # every setting back to its default
+    settings = bpy.context.scene.aigc
+    assert (settings.size_mode, settings.texture_size, settings.backdrop_size, settings.steps) == (
+        "MODEL", "512", "1024", 0)
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.object
+    cube["aigc_prompt"] = "red brick wall"
+    try:
+        started = time.monotonic()
+        assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
+        assert bpy.ops.aigc.generate_backdrop() == {"FINISHED"}
+        elapsed = time.monotonic() - started
+        albedo = cube.active_material.node_tree.nodes["AIGC albedo"].image
+        assert tuple(albedo.size) == (512, 512) and cube.active_material["aigc_width"] == 32
+        sky = next(n for n in bpy.context.scene.world.node_tree.nodes if n.type == "TEX_ENVIRONMENT").image
+        assert tuple(sky.size) == (1024, 512)
+        print(f"panel defaults on texture-mini: texture + backdrop in {elapsed:.1f} s")
+
+        settings.size_mode = "CUSTOM"
+        settings.width = settings.height = 4096
+        before = (len(bpy.data.images), cube.active_material.name, cube.active_material["aigc_seed"])
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="needs about"):  # the operator reports it as an error
+            bpy.ops.aigc.texture_selected()
+        assert time.monotonic() - started < 5
+        error = scene.runner.STATE.error
+        assert error is not None and error.code == "insufficient_memory", error
+        assert "needs about" in error.text and "32 x 32" in error.text and "Texture Size" in error.fix
+        assert (len(bpy.data.images), cube.active_material.name, cube.active_material["aigc_seed"]) == before
+        assert "needs about" in labels(draw(scene))  # the panel shows it
+    finally:
+        server.stop()
 
 
 # --- the built zip, installed the way users install it ------------------------------------------------------

@@ -71,14 +71,16 @@ STEPS = (1, 2, 4, 20)
 STOCHASTIC = ("euler_a", "lcm")
 
 
-def _diffusers_scheduler(name: str, config: dict):
+def diffusers_scheduler(name: str, config: dict):
     """The diffusers scheduler each of our names is defined to match."""
     classes = {
         "euler": (diffusers.EulerDiscreteScheduler, {}),
         "euler_a": (diffusers.EulerAncestralDiscreteScheduler, {}),
         "ddim": (diffusers.DDIMScheduler, {}),
-        "dpmpp_2m": (diffusers.DPMSolverMultistepScheduler,
-                     {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+        "pndm": (diffusers.PNDMScheduler, {}),
+        "dpmpp_2m": (diffusers.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "dpmpp_2m_karras": (diffusers.DPMSolverMultistepScheduler,
+                            {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
         "lcm": (diffusers.LCMScheduler, {}),
     }
     cls, overrides = classes[name]
@@ -117,7 +119,7 @@ def _randn(seed: int) -> torch.Tensor:
 def run_pair(name: str, config: dict, steps: int, cancelling: bool = False) -> float | None:
     """Run ours and diffusers side by side; return the worst relative error seen (None: both refuse)."""
     ours = make_scheduler(name, config)
-    theirs = _diffusers_scheduler(name, config)
+    theirs = diffusers_scheduler(name, config)
     try:
         theirs.set_timesteps(steps)
     except ValueError:
@@ -174,7 +176,17 @@ VARIANTS = [
     ("dpmpp_2m", {"final_sigmas_type": "sigma_min"}),
     ("dpmpp_2m", {"final_sigmas_type": "sigma_min", "euler_at_final": True}),
     ("dpmpp_2m", {"solver_type": "heun", "lower_order_final": False}),
-    ("dpmpp_2m", {"sigma_min": 0.1, "sigma_max": 10.0, "prediction_type": "sample"}),
+    ("dpmpp_2m_karras", {"sigma_min": 0.1, "sigma_max": 10.0, "prediction_type": "sample"}),
+    ("dpmpp_2m_karras", {"final_sigmas_type": "sigma_min", "timestep_spacing": "trailing"}),
+    # dpmpp_2m follows the config: Karras where it asks, every spacing, clipped log-SNR on cosine betas.
+    ("dpmpp_2m", {"use_karras_sigmas": True}),
+    ("dpmpp_2m", {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
+    ("dpmpp_2m", {"timestep_spacing": "linspace"}),
+    ("dpmpp_2m", {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}),
+    ("pndm", {"skip_prk_steps": False}),
+    ("pndm", {"skip_prk_steps": False, "prediction_type": "v_prediction", "set_alpha_to_one": True}),
+    ("pndm", {"timestep_spacing": "trailing", "steps_offset": 0}),
+    ("pndm", {"timestep_spacing": "linspace", "prediction_type": "v_prediction"}),
     ("euler", {"final_sigmas_type": "sigma_min", "prediction_type": "sample"}),
     ("euler", {"use_karras_sigmas": True, "sigma_min": 0.1, "sigma_max": 10.0, "steps_offset": 0}),
     ("ddim", {"prediction_type": "sample", "clip_sample": True, "clip_sample_range": 2.0}),
@@ -208,7 +220,7 @@ def test_noise_schedules(schedule: str) -> None:
         config.update(_SD_BETAS, rescale_betas_zero_snr=True)
     for name in ("ddim", "euler"):  # euler also pins the zero-SNR end to 2**-24
         ours = make_scheduler(name, config).alphas_cumprod
-        theirs = _diffusers_scheduler(name, config).alphas_cumprod.numpy()
+        theirs = diffusers_scheduler(name, config).alphas_cumprod.numpy()
         assert ours.dtype == np.float32
         assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
 
@@ -219,7 +231,7 @@ def test_trailing_spacing_keeps_the_requested_count() -> None:
         sched = make_scheduler(name, CONFIGS["turbo"])
         sched.set_timesteps(61)
         assert len(sched.timesteps) == 61 and sched.timesteps.min() >= 0
-        reference = _diffusers_scheduler(name, CONFIGS["turbo"])
+        reference = diffusers_scheduler(name, CONFIGS["turbo"])
         reference.set_timesteps(61)
         np.testing.assert_array_equal(sched.timesteps, reference.timesteps.numpy()[:61].astype(np.float32))
 
@@ -242,7 +254,7 @@ def test_bad_steps(name: str, steps) -> None:
 def test_lcm_steps_limited_by_original_inference_steps() -> None:
     config = {**CONFIGS["sd15"], "original_inference_steps": 8}
     with pytest.raises(ValueError):
-        _diffusers_scheduler("lcm", config).set_timesteps(9)
+        diffusers_scheduler("lcm", config).set_timesteps(9)
     sched = make_scheduler("lcm", config)
     with pytest.raises(InvalidRequest) as info:
         sched.set_timesteps(9)

@@ -10,7 +10,6 @@ import dataclasses
 import math
 import secrets
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,14 @@ import numpy as np
 
 from .. import __version__
 from ..errors import AigcError, Cancelled, InvalidRequest
-from ..request import MAX_SEED, GenerateRequest
+from ..request import MAX_SEED, MAX_SIDE, GenerateRequest
+from . import memory
+from .latent_space import LatentSpace
 from .package import ModelPackage
 from .providers import choose_providers, import_onnxruntime
 from .runner import BoundGraphRunner, CudaGraphRunner, GraphRunner
 from .schedulers import make_scheduler
-from .tokenizer import PromptTokenizer, TruncationWarning
+from .tokenizer import PromptTokenizer, truncation_message
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,31 @@ class Pipeline:
     """A loaded model package, ready to generate. Sessions for the seamless graphs load on first use."""
 
     def __init__(self, package: ModelPackage, provider: str | None = None, threads: int | None = None,
-                 io_binding: bool | None = None, cuda_graph: bool = False) -> None:
+                 io_binding: bool | None = None, cuda_graph: bool = False, memory_limit: int | None = None) -> None:
         """``io_binding`` (default: on for GPU providers) keeps the conditioning on the device across steps;
-        ``cuda_graph`` replays the UNet as a captured CUDA graph for the first shape it sees (CUDA only)."""
+        ``cuda_graph`` replays the UNet as a captured CUDA graph for the first shape it sees (CUDA only).
+        ``memory_limit`` (bytes; default on the CPU: a share of the memory free now) is what requests may
+        take: larger ones are refused before they run, and the CPU arena is capped there."""
         ort = import_onnxruntime()
+        # Failures reach the user once, as our errors carrying onnxruntime's text, not also as log spam.
+        ort.set_default_logger_severity(4)
         self.package = package
         self.manifest = package.manifest
         self._providers = choose_providers(provider)
         self._options = ort.SessionOptions()
+        on_cpu = self._providers[0] == "CPUExecutionProvider"
+        self.memory_budget = memory_limit if memory_limit is not None else (memory.default_budget() if on_cpu
+                                                                            else None)
+        if on_cpu and self.memory_budget is not None:
+            # One arena for every session (stages reuse each other's memory), capped, returned after each
+            # generation; memory patterns would hold a second copy of the peak (measured: 352 vs 214 MB RSS
+            # for texture-mini at 128 px).
+            self.memory_budget = min(self.memory_budget, memory.shared_cpu_arena(self.memory_budget))
+            self._options.add_session_config_entry("session.use_env_allocators", "1")
+            self._options.enable_mem_pattern = False
+        self._shrink = ort.RunOptions()
+        if on_cpu:
+            self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.log_severity_level = 3
         # Spinning pool threads steal the cores the next session (or numpy between steps) needs: measured
@@ -89,6 +107,7 @@ class Pipeline:
         self._encoders = package.text_encoders
         self._tokenizers = [PromptTokenizer(package.path(e.tokenizer), e.max_length, e.pad_token_id)
                             for e in self._encoders]
+        self._latent_space = LatentSpace.from_manifest(self.manifest)
         for encoder in self._encoders:
             self._session(encoder.graph)
         self._session(self.manifest["unet"]["graphs"]["none"])
@@ -143,8 +162,8 @@ class Pipeline:
             self._cuda_graphs[graph] = CudaGraphRunner(session, graph)
         return self._cuda_graphs[graph]
 
-    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._runner(graph)(feeds)
+    def _run(self, graph: str, feeds: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
+        return self._runner(graph)(feeds, run_options)
 
     # --- request resolution --------------------------------------------------------------------------
 
@@ -171,11 +190,50 @@ class Pipeline:
         if tile not in m["unet"]["graphs"] or tile not in m["vae_decoder"]["graphs"]:
             raise InvalidRequest(f"tile {tile} is not available: this model package was exported without its "
                                  "seamless graphs (re-export it without --no-seamless)", "tile")
-        return dataclasses.replace(
+        resolved = dataclasses.replace(
             request, width=width, height=height, seed=seed,
             steps=request.steps or recommended["steps"],
             guidance=request.guidance if request.guidance is not None else recommended["guidance"],
             scheduler=request.scheduler or m["scheduler"]["default"], tile=tile)
+        self._check_memory(resolved)
+        return resolved
+
+    def _uses_cfg(self, req: GenerateRequest) -> bool:
+        """Classifier-free guidance: the UNet sees [unconditional, conditional], twice the batch."""
+        return req.guidance > 1.0 and not self.manifest["unet"].get("timestep_cond_dim", 0)
+
+    def memory_estimate(self, req: GenerateRequest) -> memory.Estimate | None:
+        """The peak a resolved request holds, from the package's memory profile (None without one)."""
+        if req.target_size:
+            out_w, out_h = req.target_size, max(1, round(req.target_size * req.height / req.width))
+        else:
+            out_w, out_h = req.width, req.height
+        kind = "backdrop" if req.kind == "backdrop" else ("pbr" if req.pbr else "texture")
+        return memory.estimate(self.manifest, width=req.width, height=req.height,
+                               batch=req.count * (2 if self._uses_cfg(req) else 1), output_pixels=out_w * out_h,
+                               output_kind=kind)
+
+    def _check_memory(self, req: GenerateRequest) -> None:
+        """Refuse, before anything runs, a request this machine cannot hold: with the estimate, the model's
+        own size and the way to a larger texture (generate at that size, resize the output)."""
+        budget = self.memory_budget
+        need = self.memory_estimate(req) if budget is not None else None
+        if need is None or need.bytes <= budget:
+            return
+        m = self.manifest
+        native_h, native_w = m["native_size"]
+        images = f" x {req.count} images" if req.count > 1 else ""
+        target = min(MAX_SIDE, 1 << max(req.width, req.height, 16).bit_length() - 1)
+        one = dataclasses.replace(req, count=1)
+        fewer = req.count > 1 and (self.memory_estimate(one).bytes <= budget)
+        raise memory.InsufficientMemory(
+            f"{req.width} x {req.height}{images} needs about {memory.gigabytes(need.bytes)} ({need.stage}), more "
+            f"than the {memory.gigabytes(budget)} this machine can give (estimated from {m['model_id']}'s memory "
+            f"profile). {m['model_id']} generates at {native_w} x {native_h}: for a larger texture, generate at "
+            f"that size and resize the output: --target-size {target} on the command line, target_size in a "
+            f"request or job file, Texture Size in Blender's panel"
+            + ("; or ask for fewer images at once (count)" if fewer else ""),
+            "count" if fewer else ("width" if req.width >= req.height else "height"))
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -199,11 +257,8 @@ class Pipeline:
             raise InvalidRequest(f"latents must have shape {(count, *shape)}, got {latents.shape}", "latents")
         latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
 
-        caught: list[str] = []
-        with warnings.catch_warnings(record=True) as records:
-            warnings.simplefilter("always", TruncationWarning)
-            cond = self._conditioning(req)
-        caught += [str(r.message) for r in records]
+        notes: list[str] = []
+        cond = self._conditioning(req, notes)
         t_encoded = time.perf_counter()
 
         cfg = cond.pop("cfg")
@@ -227,31 +282,32 @@ class Pipeline:
         t_denoised = time.perf_counter()
 
         decoder = m["vae_decoder"]["graphs"][req.tile]
-        scaled = latents / np.float32(m["vae_scaling_factor"]) + np.float32(m.get("vae_shift_factor", 0.0))
+        scaled = self._latent_space.to_vae(latents)
         images = []
         for i in range(count):  # one at a time: bounded memory at large sizes, and batch-independent
-            decoded = self._run(decoder, {"latent": scaled[i:i + 1].astype(np.float32)})[0][0]
+            last = i == count - 1  # then the arena goes back to the system: an idle sidecar holds no peak
+            decoded = self._run(decoder, {"latent": scaled[i:i + 1]}, self._shrink if last else None)[0][0]
             images.append(np.clip(decoded.transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0).astype(np.float32))
         t_done = time.perf_counter()
         timings = {"encode": (t_encoded - t0) * 1e3, "denoise": (t_denoised - t_encoded) * 1e3,
                    "decode": (t_done - t_denoised) * 1e3, "total": (t_done - t0) * 1e3,
                    "per_step": (t_denoised - t_encoded) * 1e3 / req.steps}
         return GenerationResult(images, seeds, req, m["model_id"], m["package_hash"], self.provider, timings,
-                                caught)
+                                notes)
 
-    def _conditioning(self, req: GenerateRequest) -> dict:
+    def _conditioning(self, req: GenerateRequest, notes: list[str]) -> dict:
         """UNet inputs that do not change across steps, for one image; ``cfg`` says whether the batch
-        is [unconditional, conditional]."""
+        is [unconditional, conditional]. Prompts that did not fit add a note to ``notes``."""
         m = self.manifest
         timestep_cond_dim = m["unet"].get("timestep_cond_dim", 0)
-        cfg = req.guidance > 1.0 and not timestep_cond_dim
-        hidden, pooled = self._encode(req.prompt)
+        cfg = self._uses_cfg(req)
+        hidden, pooled = self._encode(req.prompt, "prompt", notes)
         out: dict = {"cfg": cfg}
         if cfg:
             if not req.negative_prompt and m.get("force_zeros_for_empty_prompt"):
                 neg_hidden, neg_pooled = np.zeros_like(hidden), (None if pooled is None else np.zeros_like(pooled))
             else:
-                neg_hidden, neg_pooled = self._encode(req.negative_prompt)
+                neg_hidden, neg_pooled = self._encode(req.negative_prompt, "negative prompt", notes)
             hidden = np.concatenate([neg_hidden, hidden])
             pooled = None if pooled is None else np.concatenate([neg_pooled, pooled])
         out["encoder_hidden_states"] = hidden
@@ -264,13 +320,20 @@ class Pipeline:
             out["timestep_cond"] = guidance_embedding(req.guidance - 1.0, timestep_cond_dim)
         return out
 
-    def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
-        hidden, pooled = [], None
+    def _encode(self, text: str, what: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every text encoder's hidden states, side by side; a truncated text is reported once, however
+        many tokenizers cut it (the longest loss)."""
+        hidden, pooled, dropped = [], None, ("", 0)
         for encoder, tokenizer in zip(self._encoders, self._tokenizers):
-            outputs = self._run(encoder.graph, {"input_ids": tokenizer([text])})
+            tokens = tokenizer(text)
+            if len(tokens.dropped) > len(dropped[0]):
+                dropped = (tokens.dropped, tokenizer.max_length)
+            outputs = self._run(encoder.graph, {"input_ids": tokens.ids})
             hidden.append(outputs[0])
             if encoder.pooled:
                 pooled = outputs[1]
+        if dropped[0]:
+            notes.append(truncation_message(what, dropped[1], dropped[0]))
         return np.concatenate(hidden, axis=-1), pooled
 
 

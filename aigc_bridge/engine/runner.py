@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import AigcError
+from .memory import InsufficientMemory, is_allocation_failure
 
 # onnxruntime provider -> the device name its OrtValues use
 _DEVICES = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
@@ -20,6 +21,16 @@ _DEVICES = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 
 def device_of(session) -> str:
     return _DEVICES.get(session.get_providers()[0], "cpu")
+
+
+def failure(graph: str, exc: Exception) -> AigcError:
+    """onnxruntime's untyped error as ours, naming the graph; an allocation the memory limit refused is
+    told apart, since the fix is a smaller request, not a bug report."""
+    if is_allocation_failure(exc):
+        return InsufficientMemory(f"{graph} ran out of memory at this size (the limit this process gives "
+                                  "onnxruntime was reached): ask for a smaller image, or generate at the "
+                                  f"model's own size and resize the output (target_size) [{str(exc)[:300]}]", graph)
+    return AigcError("inference_failed", f"{graph} failed: {exc}", graph)
 
 
 class GraphRunner:
@@ -32,11 +43,11 @@ class GraphRunner:
     def prepare(self, constants: dict[str, np.ndarray]) -> None:
         self._constants = constants
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
         try:
-            return self.session.run(None, {**self._constants, **feeds})
+            return self.session.run(None, {**self._constants, **feeds}, run_options)
         except Exception as exc:  # onnxruntime's errors are untyped; report the graph that failed
-            raise AigcError("inference_failed", f"{self.name} failed: {exc}", self.name) from None
+            raise failure(self.name, exc) from None
 
 
 class BoundGraphRunner(GraphRunner):
@@ -57,7 +68,7 @@ class BoundGraphRunner(GraphRunner):
         for name, value in self._constant_values.items():
             self._binding.bind_ortvalue_input(name, value)
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
         import onnxruntime as ort
 
         try:
@@ -66,10 +77,10 @@ class BoundGraphRunner(GraphRunner):
                 self._binding.bind_ortvalue_input(name, value)
             for name in self._outputs:
                 self._binding.bind_output(name, self.device)
-            self.session.run_with_iobinding(self._binding)
+            self.session.run_with_iobinding(self._binding, run_options)
             return [value.numpy() for value in self._binding.get_outputs()]
         except Exception as exc:
-            raise AigcError("inference_failed", f"{self.name} failed: {exc}", self.name) from None
+            raise failure(self.name, exc) from None
 
 
 class CudaGraphRunner(GraphRunner):
@@ -87,7 +98,7 @@ class CudaGraphRunner(GraphRunner):
     def prepare(self, constants: dict[str, np.ndarray]) -> None:
         self._update(constants)
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
         try:
             self._update(feeds)
             if self.shapes is None:  # first run: fix the shapes, bind outputs, let onnxruntime capture

@@ -1,4 +1,5 @@
-"""Numpy ports of the diffusers schedulers the engine offers (euler, euler_a, ddim, dpmpp_2m, lcm).
+"""Numpy ports of the diffusers schedulers the engine offers (euler, euler_a, ddim, pndm, dpmpp_2m
+(+ Karras), lcm).
 
 The runtime has no torch, and diffusers' schedulers only run on torch tensors, so their math is
 re-implemented here. "Correct" means "what ``DiffusersClass.from_config(model_config)`` computes": the same
@@ -13,7 +14,9 @@ image by image).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -432,34 +435,168 @@ class DDIMScheduler(Scheduler):
         return np.sqrt(alpha_prev) * x0 + np.sqrt(_ONE - alpha_prev) * eps
 
 
-class DPMSolverMultistepScheduler(Scheduler):
-    """DPM-Solver++(2M) with Karras sigmas: second order by reusing the previous step's x0."""
+class PNDMScheduler(Scheduler):
+    """PNDMScheduler (SD 1.x's own): pseudo linear multistep (PLMS), with the Runge-Kutta warm-up unless the
+    config skips it (``skip_prk_steps``, as SD's does).
 
-    name = "dpmpp_2m"
+    State is counted in steps run since ``set_timesteps``, as diffusers' ``counter`` is, so a run that starts
+    mid-schedule (image to image) warms up the same way. PLMS evaluates the model once more than the steps
+    asked for (one timestep is repeated); PRK adds the four-stage warm-up's evaluations.
+    """
+
+    name = "pndm"
 
     def __init__(self, config: dict) -> None:
         super().__init__(config)
+        # PNDM's __init__ takes no rescale_betas_zero_snr: a zero-SNR config keeps its plain betas here.
+        common = {k: v for k, v in _COMMON.items() if k != "rescale_betas_zero_snr"}
+        self.cfg = _read_config(config, {**common, "skip_prk_steps": False, "set_alpha_to_one": False,
+                                         "timestep_spacing": "leading"})
+        cfg = self.cfg
+        cfg["rescale_betas_zero_snr"] = False
+        _require(cfg, "prediction_type", ("epsilon", "v_prediction"))
+        _require(cfg, "timestep_spacing", _SPACINGS)
+        self.alphas_cumprod = _alphas_cumprod(cfg, pin_last=False)
+        self.final_alpha_cumprod = _ONE if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self._steps = np.zeros(0, dtype=np.int64)
+        self._prk_count = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._counter = 0
+        self._ets: list[np.ndarray] = []
+        self._cur_sample: np.ndarray | None = None
+        self._cur_output: np.ndarray | float = 0.0
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        n = self._check_steps(num_inference_steps)
+        n_train = int(self.cfg["num_train_timesteps"])
+        ascending = _spaced_timesteps(self.cfg["timestep_spacing"], n_train, n, int(self.cfg["steps_offset"]),
+                                      round_linspace=True)[::-1].astype(np.int64)
+        if self.cfg["skip_prk_steps"]:
+            prk = np.zeros(0, dtype=np.int64)
+            plms = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
+        else:
+            if n < 4:
+                raise InvalidRequest(f"steps must be at least 4 for pndm with this model (its Runge-Kutta "
+                                     f"warm-up takes 4), got {n}", "steps")
+            prk = ascending[-4:].repeat(2) + np.tile(np.array([0, n_train // n // 2]), 4)
+            prk = prk[:-1].repeat(2)[1:-1][::-1]
+            plms = ascending[:-3][::-1]
+        self._steps = np.concatenate([prk, plms]).astype(np.int64)
+        if self._steps.max() >= n_train or self._steps.min() < 0:
+            raise InvalidRequest(f"{n} steps with this model's steps_offset fall outside its "
+                                 f"{n_train} training timesteps", "steps")
+        self._prk_count = len(prk)
+        self.timesteps = self._steps.astype(np.float32)
+        self.num_inference_steps = n
+        self._reset()
+
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, noise: np.ndarray | None = None
+    ) -> np.ndarray:
+        i = self._check_index(step_index)
+        sample, model_output = _as_f32(sample), _as_f32(model_output)
+        t = int(self._steps[i])
+        if self._counter < self._prk_count:
+            prev = self._step_prk(model_output, t, sample)
+        else:
+            prev = self._step_plms(model_output, t, sample)
+        self._counter += 1
+        return prev
+
+    def _step_prk(self, model_output: np.ndarray, t: int, sample: np.ndarray) -> np.ndarray:
+        """Fourth-order Runge-Kutta over four model evaluations per stage."""
+        counter = self._counter
+        half = int(self.cfg["num_train_timesteps"]) // self.num_inference_steps // 2
+        prev_t = t - (0 if counter % 2 else half)
+        t = int(self._steps[counter // 4 * 4])
+        stage = counter % 4
+        if stage == 0:
+            self._cur_output = self._cur_output + np.float32(1 / 6) * model_output
+            self._ets.append(model_output)
+            self._cur_sample = sample
+        elif stage in (1, 2):
+            self._cur_output = self._cur_output + np.float32(1 / 3) * model_output
+        else:
+            model_output = self._cur_output + np.float32(1 / 6) * model_output
+            self._cur_output = 0.0
+        base = self._cur_sample if self._cur_sample is not None else sample
+        return self._prev_sample(base, t, prev_t, model_output)
+
+    def _step_plms(self, model_output: np.ndarray, t: int, sample: np.ndarray) -> np.ndarray:
+        """Linear multistep over the last four model outputs (Adams-Bashforth weights)."""
+        stride = int(self.cfg["num_train_timesteps"]) // self.num_inference_steps
+        prev_t = t - stride
+        if self._counter != 1:
+            self._ets = [*self._ets[-3:], model_output]
+        else:
+            prev_t, t = t, t + stride
+        ets = self._ets
+        if len(ets) == 1 and self._counter == 0:
+            self._cur_sample = sample
+        elif len(ets) == 1 and self._counter == 1:
+            model_output = (model_output + ets[-1]) / np.float32(2)
+            sample, self._cur_sample = self._cur_sample, None
+        elif len(ets) == 2:
+            model_output = (3 * ets[-1] - ets[-2]) / np.float32(2)
+        elif len(ets) == 3:
+            model_output = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / np.float32(12)
+        else:
+            model_output = np.float32(1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
+        return self._prev_sample(sample, t, prev_t, model_output)
+
+    def _prev_sample(self, sample: np.ndarray, t: int, prev_t: int, model_output: np.ndarray) -> np.ndarray:
+        """Formula (9) of the PNDM paper."""
+        alpha = self.alphas_cumprod[t]
+        alpha_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        beta, beta_prev = _ONE - alpha, _ONE - alpha_prev
+        if self.cfg["prediction_type"] == "v_prediction":
+            model_output = np.sqrt(alpha) * model_output + np.sqrt(beta) * sample
+        sample_coeff = np.sqrt(alpha_prev / alpha)
+        denom = alpha * np.sqrt(beta_prev) + np.sqrt(alpha * beta * alpha_prev)
+        return sample_coeff * sample - (alpha_prev - alpha) * model_output / denom
+
+
+class DPMSolverMultistepScheduler(Scheduler):
+    """DPM-Solver++(2M): second order by reusing the previous step's x0.
+
+    The sigmas follow the config (``use_karras_sigmas``, timestep_spacing), as diffusers' class does;
+    ``karras=True`` (the ``dpmpp_2m_karras`` choice) forces the Karras ramp whatever the config says.
+    """
+
+    name = "dpmpp_2m"
+
+    def __init__(self, config: dict, karras: bool = False) -> None:
+        super().__init__(config)
         self.cfg = _read_config(config, {
             **_COMMON,
+            "timestep_spacing": "linspace",
+            "use_karras_sigmas": False,
             "solver_type": "midpoint",
             "lower_order_final": True,
             "euler_at_final": False,
             "use_exponential_sigmas": False,
             "use_beta_sigmas": False,
+            "use_lu_lambdas": False,
             "use_flow_sigmas": False,
             "final_sigmas_type": "zero",
+            "lambda_min_clipped": -math.inf,
             "variance_type": None,
             "thresholding": False,
-        }, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True)
+        }, algorithm_type="dpmsolver++", solver_order=2)
         cfg = self.cfg
-        if cfg["use_exponential_sigmas"] or cfg["use_beta_sigmas"]:
-            # diffusers refuses these together with the Karras sigmas this scheduler forces.
-            raise _unsupported("exponential or beta sigmas")
+        if karras:
+            cfg["use_karras_sigmas"] = True
+            self.name = "dpmpp_2m_karras"
+        if cfg["use_exponential_sigmas"] or cfg["use_beta_sigmas"] or cfg["use_lu_lambdas"]:
+            raise _unsupported("exponential, beta or Lu lambda sigmas")
         if cfg["use_flow_sigmas"]:
             raise _unsupported("flow-matching sigmas")
         if cfg["thresholding"] or cfg["variance_type"] is not None:
             raise _unsupported("dynamic thresholding or a learned variance")
         _require(cfg, "prediction_type", _PREDICTIONS)
+        _require(cfg, "timestep_spacing", _SPACINGS)
         if cfg["solver_type"] in ("logrho", "bh1", "bh2"):
             cfg["solver_type"] = "midpoint"  # what diffusers substitutes for these UniPC/DEIS names
         _require(cfg, "solver_type", ("midpoint", "heun"))
@@ -469,17 +606,46 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.alphas_cumprod = _alphas_cumprod(cfg, pin_last=True)
         self._prev: tuple[int, np.ndarray] | None = None
 
+    def _last_timestep(self) -> int:
+        """Training timesteps above ``lambda_min_clipped`` (all of them by default): cosine schedules clip
+        the noisiest, whose log-SNR is unstable."""
+        ac = self.alphas_cumprod
+        lambda_t = np.log(np.sqrt(ac)) - np.log(np.sqrt(_ONE - ac))
+        clipped = int(np.searchsorted(lambda_t[::-1], np.float32(self.cfg["lambda_min_clipped"]), side="left"))
+        return int(self.cfg["num_train_timesteps"]) - clipped
+
+    def _spaced(self, n: int) -> np.ndarray:
+        """diffusers' DPM spacing: n + 1 points, the last (t = 0) dropped."""
+        cfg = self.cfg
+        last = self._last_timestep()
+        spacing = cfg["timestep_spacing"]
+        if spacing == "linspace":
+            return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+        if spacing == "leading":
+            ratio = last // (n + 1)
+            return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + int(cfg["steps_offset"])
+        ratio = int(cfg["num_train_timesteps"]) / n
+        return np.arange(last, 0, -ratio).round()[:n].astype(np.int64) - 1
+
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = self._check_steps(num_inference_steps)
         ac = self.alphas_cumprod
         train = np.sqrt((1 - ac) / ac)
-        lo = self._sigma_min if self._sigma_min is not None else train[0].item()
-        hi = self._sigma_max if self._sigma_max is not None else train[-1].item()
-        sigmas = _karras(lo, hi, n)
-        timesteps = _sigma_to_t(sigmas, np.log(train))
-        if self.cfg["beta_schedule"] != "squaredcos_cap_v2":
-            timesteps = timesteps.round()
-        self.timesteps = timesteps.astype(np.int64).astype(np.float32)
+        if self.cfg["use_karras_sigmas"]:
+            lo = self._sigma_min if self._sigma_min is not None else train[0].item()
+            hi = self._sigma_max if self._sigma_max is not None else train[-1].item()
+            sigmas = _karras(lo, hi, n)
+            timesteps = _sigma_to_t(sigmas, np.log(train))
+            if self.cfg["beta_schedule"] != "squaredcos_cap_v2":
+                timesteps = timesteps.round()
+            timesteps = timesteps.astype(np.int64)
+        else:
+            timesteps = self._spaced(n)
+            if timesteps.min() < 0 or timesteps.max() >= len(train):
+                raise InvalidRequest(f"{n} steps with this model's spacing fall outside its training timesteps",
+                                     "steps")
+            sigmas = np.interp(timesteps, np.arange(len(train)), train)
+        self.timesteps = timesteps.astype(np.float32)
         last = train[0] if self.cfg["final_sigmas_type"] == "sigma_min" else 0.0
         self.sigmas = _as_f32(np.concatenate([sigmas, [last]]))
         self.num_inference_steps = n
@@ -600,23 +766,39 @@ class LCMScheduler(Scheduler):
         return np.sqrt(alpha_prev) * denoised + np.sqrt(_ONE - alpha_prev) * self._noise(noise, sample)
 
 
-_CLASSES: dict[str, type[Scheduler]] = {
-    cls.name: cls
-    for cls in (
-        EulerScheduler, EulerAncestralScheduler, DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler
-    )
+_FACTORIES: dict[str, Callable[[dict], Scheduler]] = {
+    "euler": EulerScheduler,
+    "euler_a": EulerAncestralScheduler,
+    "ddim": DDIMScheduler,
+    "pndm": PNDMScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "dpmpp_2m_karras": functools.partial(DPMSolverMultistepScheduler, karras=True),
+    "lcm": LCMScheduler,
 }
-assert set(_CLASSES) == set(SCHEDULERS), "request.SCHEDULERS and the implemented schedulers disagree"
+assert tuple(_FACTORIES) == SCHEDULERS, "request.SCHEDULERS and the implemented schedulers disagree"
 
 
 def make_scheduler(name: str, config: dict) -> Scheduler:
     """Build a scheduler from any diffusers scheduler_config.json, like ``DiffusersClass.from_config``.
 
     Models ship the config of whatever scheduler they were published with (PNDM for SD 1.5), so each
-    scheduler reads only the keys it knows and defaults the rest.
+    scheduler reads only the keys it knows and defaults the rest, including the keys diffusers recorded in
+    ``_use_default_values`` (never set by the model's author).
     """
-    cls = _CLASSES.get(name) if isinstance(name, str) else None
-    if cls is None:
+    factory = _FACTORIES.get(name) if isinstance(name, str) else None
+    if factory is None:
         raise InvalidRequest(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}",
                              "scheduler")
-    return cls(config)
+    return factory(config)
+
+
+def scheduler_for_class(class_name: str, config: dict) -> str | None:
+    """Our name for a diffusers scheduler class with this config, or None where we have no exact port.
+
+    This is what a model runs with by default, as diffusers' pipeline runs its own scheduler.
+    """
+    if class_name == "DPMSolverMultistepScheduler":
+        cfg = _read_config(config, {"algorithm_type": "dpmsolver++", "solver_order": 2})
+        return "dpmpp_2m" if (cfg["algorithm_type"], cfg["solver_order"]) == ("dpmsolver++", 2) else None
+    return {"EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler_a",
+            "DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm"}.get(class_name)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelPackageError
+
+
+@dataclass(frozen=True)
+class Tokens:
+    ids: np.ndarray     # (1, max_length) int64
+    dropped: str        # the end of the text that did not fit, as the user wrote it ("" when it all fits)
 
 
 class PromptTokenizer:
@@ -27,16 +33,22 @@ class PromptTokenizer:
         self._tokenizer.enable_padding(length=max_length, pad_id=pad_token_id, pad_token=pad_token)
         self.max_length = max_length
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
-        for text, encoding in zip(texts, encodings):
-            if encoding.overflowing:
-                kept = self._tokenizer.decode(encoding.ids)
-                warnings.warn(
-                    f"prompt truncated to the text encoder's {self.max_length} tokens; it keeps "
-                    f"{len(kept)} of {len(text)} characters: {kept[:60]!r}...", TruncationWarning, stacklevel=3)
-        return np.array([e.ids for e in encodings], dtype=np.int64)
+    def __call__(self, text: str) -> Tokens:
+        encoding = self._tokenizer.encode(text)
+        dropped = ""
+        if encoding.overflowing:
+            # Offsets map tokens back to the user's characters (through lower-casing and whitespace clean-up),
+            # so the dropped part is quoted as typed, not as tokenizer pieces.
+            kept_end = max((end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask)
+                            if not special and end > start), default=0)
+            dropped = text[kept_end:].strip()
+        return Tokens(np.array([encoding.ids], dtype=np.int64), dropped)
 
 
-class TruncationWarning(UserWarning):
-    """A prompt was longer than the text encoder takes; the tail was dropped."""
+def truncation_message(what: str, max_length: int, dropped: str) -> str:
+    """One sentence for a user: which text was cut, and the words that were lost."""
+    words = len(dropped.split())
+    quoted = dropped if len(dropped) <= 120 else dropped[:117].rstrip() + "..."
+    return (f"{what} truncated to the text encoder's {max_length} tokens: its last {words} "
+            f"word{'s' * (words != 1)} did not fit: \"{quoted}\"")
+

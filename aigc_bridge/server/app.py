@@ -22,7 +22,7 @@ log = logging.getLogger("aigc_bridge.server")
 
 
 def launch(config: ServerConfig, model_dir: Path | None = None, provider: str | None = None,
-           threads: int | None = None, connection_file: Path | None = None) -> int:
+           threads: int | None = None, connection_file: Path | None = None, memory_limit: int | None = None) -> int:
     """Run a sidecar in this process until it is shut down; returns the exit status."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -35,7 +35,7 @@ def launch(config: ServerConfig, model_dir: Path | None = None, provider: str | 
     if model_dir is not None:
         from ..engine import Pipeline
 
-        pipeline = Pipeline.load(model_dir, provider=provider, threads=threads)
+        pipeline = Pipeline.load(model_dir, provider=provider, threads=threads, memory_limit=memory_limit)
     server = Server(pipeline, config)
     endpoint = server.bind()
     written = None
