@@ -91,12 +91,11 @@ class RayBackend:
         manifest = ModelPackage.load(self.model_dir, verify=False).manifest
         self.model = {"id": manifest["model_id"], "hash": manifest["package_hash"], "path": self.model_dir}
 
-        class _ManifestOnly:  # Pipeline.resolve reads only the manifest: check requests without sessions
-            pass
-
-        shim = _ManifestOnly()
-        shim.manifest = manifest
-        self._resolve = lambda request: Pipeline.resolve(shim, request)
+        # Pipeline.resolve reads only the manifest (and the memory budget, which is each actor's own, on its
+        # own machine: not checked here): check requests without loading sessions.
+        shim = Pipeline.__new__(Pipeline)
+        shim.manifest, shim.memory_budget = manifest, None
+        self._resolve = shim.resolve
         per_worker = max(1, cpus // self.workers)
         self._resources = ({"num_gpus": 1} if gpus else {"num_cpus": per_worker})
         self._constructor = {"model_dir": self.model_dir, "provider": provider,

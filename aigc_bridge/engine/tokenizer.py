@@ -41,6 +41,8 @@ class PromptTokenizer:
             # so the dropped part is quoted as typed, not as tokenizer pieces.
             kept_end = max((end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask)
                             if not special and end > start), default=0)
+            while 0 < kept_end < len(text) and not text[kept_end].isspace() and not text[kept_end - 1].isspace():
+                kept_end -= 1  # a word cut inside is quoted whole: it did not reach the model as written
             dropped = text[kept_end:].strip()
         return Tokens(np.array([encoding.ids], dtype=np.int64), dropped)
 
