@@ -19,6 +19,7 @@ MAX_TRIANGLES = 2_000_000
 DEGENERATE_AREA = 1e-12
 # The share of the surface that may be unbakeable (no UV area, or UVs outside 0..1) before it is an error.
 MAX_UNBAKEABLE = 0.01
+UV_SLACK = 1e-5  # float32 UVs from Blender land at 1.0000001
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _uv_notes(where: str, area: np.ndarray, uv: np.ndarray, uv_area: np.ndarray)
     total = float(area.sum())
     notes = []
     flat = np.abs(uv_area) <= 1e-14
-    outside = ((uv < 0.0) | (uv > 1.0)).any(axis=(1, 2)) & ~flat
+    outside = ((uv < -UV_SLACK) | (uv > 1.0 + UV_SLACK)).any(axis=(1, 2)) & ~flat
     for mask, what, fix in ((flat, "have no area in the UV map", "unwrap it (e.g. Smart UV Project)"),
                             (outside, "have UVs outside 0..1 (UDIM tiles or a repeating texture)",
                              "pack the UVs into 0..1")):
