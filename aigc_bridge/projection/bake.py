@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .texels import TexelMap
-from .views import SURFACE_PX, View, edge_ramp
+from .views import CELL_PAIRS, SURFACE_PX, View, edge_ramp
 
 BLEND_POWER = 4  # blending views: weight ** 4, so the view that saw a texel best dominates, without seams
 
@@ -64,46 +64,59 @@ def sample_view(texels: TexelMap, mesh_index: int, view: View, image: np.ndarray
     """Project ``image`` (H, W, C), taken by ``view``, onto the texels of mesh ``mesh_index``."""
     camera = view.camera
     h, w = view.mesh.shape
-    if ramp is None:
-        ramp = edge_ramp(view)
+    ramp = edge_ramp(view) if ramp is None else ramp
+    # Gathers from flat arrays with np.take: several times faster than 2-D fancy indexing.
+    flat_mesh, flat_position = view.mesh.reshape(-1), view.position.reshape(-1, 3)
+    flat_normal, flat_image = view.normal.reshape(-1, 3), image.reshape(h * w, -1)
+
     x, y, depth = camera.project(camera.to_camera(texels.position))
-    ok = (depth > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
-    cand = np.flatnonzero(ok)
+    cand = np.flatnonzero((depth > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < h))
     x, y, depth = x[cand], y[cand], depth[cand]
-    position, normal = texels.position[cand], texels.normal[cand]
-    tol = SURFACE_PX * camera.footprint(depth)
+    nearest = np.floor(y).astype(np.int64) * w + np.floor(x).astype(np.int64)
+    # Cheap tests first: the same object there, at about the same depth (what is 5 % farther than the
+    # surface the pixel shows is hidden; the exact test below decides the rest).
+    near_depth = np.take(view.depth.reshape(-1), nearest)
+    same = (np.take(flat_mesh, nearest) == mesh_index) & (np.abs(depth - near_depth) <= 0.05 * near_depth)
+    cand, x, y, depth, nearest = cand[same], x[same], y[same], depth[same], nearest[same]
 
-    def same_surface(row: np.ndarray, col: np.ndarray) -> np.ndarray:
-        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
-        r, c = np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)
-        off_plane = np.abs(np.einsum("ij,ij->i", normal, view.position[r, c] - position))
-        return (inside & (view.mesh[r, c] == mesh_index) & (off_plane <= tol)
-                & (np.einsum("ij,ij->i", normal, view.normal[r, c]) > 0))
+    # Visible: the pixel the point lands in shows its surface (near its plane, facing the same way).
+    position, normal = np.take(texels.position, cand, axis=0), np.take(texels.normal, cand, axis=0)
+    gap = np.take(flat_position, nearest, axis=0) - position
+    off_plane = np.abs(np.einsum("ij,ij->i", normal, gap))
+    facing_same = np.einsum("ij,ij->i", normal, np.take(flat_normal, nearest, axis=0)) > 0
+    visible = (off_plane <= SURFACE_PX * camera.footprint(depth)) & facing_same
+    cand, x, y, nearest = cand[visible], x[visible], y[visible], nearest[visible]
+    position, normal = position[visible], normal[visible]
 
-    near_row, near_col = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
-    visible = same_surface(near_row, near_col)
-    cand, x, y = cand[visible], x[visible], y[visible]
-    position, normal, tol = position[visible], normal[visible], tol[visible]
-    near_row, near_col = near_row[visible], near_col[visible]
-
-    # Bilinear over the four pixel centres around the point, keeping only those on the same surface.
+    # Bilinear over the four pixel centres around the point, leaving out those across a depth edge from
+    # the nearest one (View.links).
     fx, fy = x - 0.5, y - 0.5
     col0, row0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
     tx, ty = fx - col0, fy - row0
-    colour = np.zeros((len(cand), image.shape[2]))
+    near_corner = (ty >= 0.5).astype(np.int64) * 2 + (tx >= 0.5)  # 0: 00, 1: 01, 2: 10, 3: 11
+    bits = np.take(view.links.reshape(-1), (row0 + 1) * (w + 1) + col0 + 1).astype(np.int64)
+    colour = np.zeros((len(cand), flat_image.shape[1]))
     total = np.zeros(len(cand))
-    for dr, dc, wgt in ((0, 0, (1 - tx) * (1 - ty)), (0, 1, tx * (1 - ty)), (1, 0, (1 - tx) * ty),
-                        (1, 1, tx * ty)):
-        r, c = row0 + dr, col0 + dc
-        good = same_surface(r, c)
+    for corner, (dr, dc) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        wgt = (tx if dc else 1 - tx) * (ty if dr else 1 - ty)
+        link = _CORNER_LINK[near_corner, corner]
+        good = (link < 0) | ((bits >> np.maximum(link, 0)) & 1).astype(bool)
+        r, c = np.clip(row0 + dr, 0, h - 1), np.clip(col0 + dc, 0, w - 1)
+        pixel = np.take(flat_image, r * w + c, axis=0)
         wgt = np.where(good, wgt, 0.0)
-        pixel = image[np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)]
         colour += np.where(good[:, None], wgt[:, None] * pixel, 0.0)  # 0 * NaN would still be NaN
         total += wgt
     colour /= np.maximum(total, 1e-12)[:, None]
     facing = np.abs(np.einsum("ij,ij->i", normal, view.to_eye(position)))
-    weight = facing * ramp[near_row, near_col]
+    weight = facing * np.take(ramp.reshape(-1), nearest)
     return Sample(cand, colour, weight)
+
+
+# For a point whose nearest cell corner is i, the View.links bit that says corner j shows the same surface
+# (-1: j is i itself).
+_CORNER_LINK = np.full((4, 4), -1, np.int64)
+for _bit, ((_r1, _c1), (_r2, _c2)) in enumerate(CELL_PAIRS):
+    _CORNER_LINK[_r1 * 2 + _c1, _r2 * 2 + _c2] = _CORNER_LINK[_r2 * 2 + _c2, _r1 * 2 + _c1] = _bit
 
 
 def bake_view(state: TextureState, sample: Sample, *, repaint_below: float | None = None) -> int:

@@ -21,51 +21,51 @@ from .texels import TexelMap
 NEUTRAL = 0.5  # the colour of a mesh part that no view saw at all
 
 
+def vertex_colours(mesh: Mesh, texels: TexelMap, colours: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """(V', C) a colour per welded vertex (``mesh.welded`` ids): the mean of the seen texels of the faces
+    around it, or, where none was seen, spread from the nearest seen vertices one ring at a time."""
+    channels = colours.shape[1]
+    corners = mesh.welded
+    n_vertices = int(corners.max()) + 1
+    tri = texels.triangle[seen]
+    counts = np.bincount(tri, minlength=len(corners)).astype(np.float64)
+    sums = [np.bincount(tri, colours[seen, c], minlength=len(corners)) for c in range(channels)]
+    flat = corners.T.reshape(-1)  # corner k of every triangle, k = 0, 1, 2
+    v_cnt = np.bincount(flat, np.tile(counts, 3), minlength=n_vertices)
+    v_col = np.stack([np.bincount(flat, np.tile(sc, 3), minlength=n_vertices) for sc in sums], axis=1)
+    known = v_cnt > 0
+    v_col[known] /= v_cnt[known, None]
+
+    indptr, neighbours = mesh.vertex_graph
+    frontier = np.flatnonzero(known)
+    while len(frontier) and not known.all():  # each ring reads only the edges out of the last one
+        degree = indptr[frontier + 1] - indptr[frontier]
+        src = np.repeat(frontier, degree)
+        dst = neighbours[np.repeat(indptr[frontier] - np.cumsum(degree) + degree, degree) + np.arange(degree.sum())]
+        fresh = ~known[dst]
+        src, dst = src[fresh], dst[fresh]
+        if len(dst) == 0:
+            break
+        count = np.bincount(dst, minlength=n_vertices)
+        frontier = np.flatnonzero(count)
+        for c in range(channels):
+            v_col[frontier, c] = np.bincount(dst, v_col[src, c], minlength=n_vertices)[frontier] / count[frontier]
+        known[frontier] = True
+    if not known.all():  # parts no view saw anything of
+        v_col[~known] = v_col[known].mean(axis=0) if known.any() else NEUTRAL
+    return v_col
+
+
 def fill_unseen(mesh: Mesh, texels: TexelMap, colours: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """``colours`` (N, C) with every texel where ``seen`` is False filled from the surface around it."""
     if seen.all():
         return colours
+    v_col = vertex_colours(mesh, texels, colours, seen)
     out = colours.copy()
-    channels = colours.shape[1]
-    _, vertex = np.unique(mesh.positions, axis=0, return_inverse=True)
-    vertex = vertex.reshape(-1)
-    corners = vertex[mesh.triangles]  # (T, 3) welded vertex ids
-    n_vertices = int(vertex.max()) + 1
-
-    # Vertex colours from the seen texels of the faces around each vertex.
-    tri = texels.triangle[seen]
-    counts = np.bincount(tri, minlength=len(corners)).astype(np.float64)
-    sums = np.stack([np.bincount(tri, colours[seen, c], minlength=len(corners)) for c in range(channels)], 1)
-    v_sum = np.zeros((n_vertices, channels))
-    v_cnt = np.zeros(n_vertices)
-    for k in range(3):
-        np.add.at(v_sum, corners[:, k], sums)
-        np.add.at(v_cnt, corners[:, k], counts)
-    known = v_cnt > 0
-    v_col = np.zeros((n_vertices, channels))
-    v_col[known] = v_sum[known] / v_cnt[known, None]
-
-    # Spread ring by ring: an unknown vertex next to known ones takes their mean.
-    edges = np.concatenate([corners[:, [0, 1]], corners[:, [1, 2]], corners[:, [2, 0]]])
-    edges = np.concatenate([edges, edges[:, ::-1]])  # both directions
-    while not known.all():
-        frontier = known[edges[:, 0]] & ~known[edges[:, 1]]
-        if not frontier.any():
-            break
-        src, dst = edges[frontier, 0], edges[frontier, 1]
-        add = np.zeros((n_vertices, channels))
-        cnt = np.bincount(dst, minlength=n_vertices).astype(np.float64)
-        for c in range(channels):
-            add[:, c] = np.bincount(dst, v_col[src, c], minlength=n_vertices)
-        new = cnt > 0
-        v_col[new] = add[new] / cnt[new, None]
-        known |= new
-    if not known.all():  # parts no view saw anything of
-        v_col[~known] = v_col[known].mean(axis=0) if known.any() else NEUTRAL
-
-    unseen = ~seen
-    tri = texels.triangle[unseen]
-    out[unseen] = np.einsum("nk,nkc->nc", texels.bary[unseen], v_col[corners[tri]])
+    unseen = np.flatnonzero(~seen)
+    corner = np.take(mesh.welded, texels.triangle[unseen], axis=0)
+    bary = texels.bary[unseen]
+    out[unseen] = sum(bary[:, k, None] * np.take(v_col, corner[:, k], axis=0) for k in range(3))
     return out
 
 

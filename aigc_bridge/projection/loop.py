@@ -26,10 +26,10 @@ import numpy as np
 from ..errors import AigcError, Cancelled, InvalidRequest
 from .bake import TextureState, bake_view, sample_view
 from .cameras import Camera, check_outside, checked_camera
-from .fill import fill_unseen, pad
+from .fill import fill_unseen, pad, vertex_colours
 from .mesh import Mesh
 from .texels import TexelMap, check_texture_size, texel_map
-from .views import View, depth_image, edge_ramp, render_textures, render_view
+from .views import View, depth_image, edge_ramp, render_view
 
 
 class Generator(Protocol):
@@ -153,17 +153,52 @@ class Projection:
         out = np.zeros(view.mesh.shape)
         for index, (t, s) in enumerate(zip(self.texels, self.states)):
             sel = view.mesh == index
-            quality = t.image(s.quality, -1.0)
-            x = view.uv[sel][:, 0] * t.size - 0.5
-            y = (1.0 - view.uv[sel][:, 1]) * t.size - 0.5
-            best = np.zeros(int(sel.sum()))
-            for dx in (0, 1):
-                for dy in (0, 1):
-                    col = (np.floor(x).astype(np.int64) + dx) % t.size
-                    row = (np.floor(y).astype(np.int64) + dy) % t.size
-                    best = np.maximum(best, quality[row, col])
-            out[sel] = best
+            quality = t.image(s.quality, -1.0).reshape(-1)
+            out[sel] = np.max([np.take(quality, texel) for texel, _ in _footprint(view.uv[sel], t.size)], axis=0)
         return out
+
+    def render(self, view: View, background: object = 0.5) -> np.ndarray:
+        """(H, W, 3) float32: what has been baked so far, as the view sees it. A pixel shows the bilinear
+        mean of the seen texels it reads; where it reads none, the colour filled in on the surface around it
+        (fill.vertex_colours, interpolated at the pixel's point): the init image of the next view."""
+        out = np.empty((*view.mesh.shape, 3), np.float32)
+        out[...] = np.asarray(background, np.float32)
+        for index, (mesh, t, s) in enumerate(zip(self.meshes, self.texels, self.states)):
+            sel = np.flatnonzero(view.mesh.reshape(-1) == index)
+            if len(sel) == 0:
+                continue
+            seen = s.seen
+            colours = s.colours()
+            flat = t.image(colours, 0.0).reshape(t.size * t.size, -1)
+            seen_img = t.image(seen.astype(np.float64), 0.0).reshape(-1)
+            total = np.zeros(len(sel))
+            acc = np.zeros((len(sel), colours.shape[1]))
+            for texel, weight in _footprint(view.uv.reshape(-1, 2)[sel], t.size):
+                wgt = weight * np.take(seen_img, texel)
+                acc += wgt[:, None] * np.take(flat, texel, axis=0)
+                total += wgt
+            rendered = acc / np.maximum(total, 1e-12)[:, None]
+            hole = total <= 1e-9
+            if hole.any():
+                v_col = vertex_colours(mesh, t, colours, seen) if seen.any() else np.full(
+                    (int(mesh.welded.max()) + 1, colours.shape[1]), np.asarray(background, np.float64))
+                tri = view.triangle.reshape(-1)[sel[hole]]
+                bary = view.bary.reshape(-1, 3)[sel[hole]]
+                corner = np.take(mesh.welded, tri, axis=0)
+                rendered[hole] = sum(bary[:, k, None] * np.take(v_col, corner[:, k], axis=0) for k in range(3))
+            out.reshape(-1, 3)[sel] = rendered
+        return out
+
+
+def _footprint(uv: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The four texels (flat indices, wrapping) a bilinear read at ``uv`` (N, 2) touches, with weights."""
+    x = uv[:, 0] * size - 0.5
+    y = (1.0 - uv[:, 1]) * size - 0.5
+    x0, y0 = np.floor(x), np.floor(y)
+    tx, ty = x - x0, y - y0
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    return [(((y0 + dy) % size) * size + (x0 + dx) % size, (tx if dx else 1 - tx) * (ty if dy else 1 - ty))
+            for dy in (0, 1) for dx in (0, 1)]
 
 
 def texture_meshes(meshes: Sequence[Mesh], cameras: Sequence[Camera], generate: Generator,
@@ -231,7 +266,7 @@ def _view_request(projection: Projection, view: View, ramp: np.ndarray, options:
         return None
     if not any(s.seen.any() for s in projection.states):  # the first view: text and depth alone
         return {**common, "init": None, "mask": None, "strength": 1.0}
-    init = render_textures(view, projection.textures(options.background), options.background)
+    init = projection.render(view, options.background)
     mask = _grow(repaint, options.mask_grow_px)
     return {**common, "init": init, "mask": mask.astype(np.float32), "strength": options.strength}
 

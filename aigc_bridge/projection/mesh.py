@@ -9,6 +9,7 @@ them per loop: a vertex on a UV seam has a UV per face. UVs follow Blender and g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -75,18 +76,39 @@ class Mesh:
         return cls(name, np.ascontiguousarray(pos), tri.astype(np.int32), np.ascontiguousarray(uv),
                    tuple(notes))
 
-    @property
+    @cached_property
     def corners(self) -> np.ndarray:
         """(T, 3, 3) positions of each triangle's corners."""
         return self.positions[self.triangles]
 
-    def face_normals(self) -> np.ndarray:
+    @cached_property
+    def normals(self) -> np.ndarray:
+        """(T, 3) unit face normals (by winding)."""
         c = self.corners
         n = np.cross(c[:, 1] - c[:, 0], c[:, 2] - c[:, 0])
         return n / np.linalg.norm(n, axis=1, keepdims=True)
 
-    def area(self) -> np.ndarray:
+    @cached_property
+    def areas(self) -> np.ndarray:
         return face_areas(self.corners)
+
+    @cached_property
+    def welded(self) -> np.ndarray:
+        """(T, 3) vertex ids that are equal exactly where positions are (split vertices merged)."""
+        _, inverse = np.unique(self.positions, axis=0, return_inverse=True)
+        return inverse.reshape(-1)[self.triangles]
+
+
+    @cached_property
+    def vertex_graph(self) -> tuple[np.ndarray, np.ndarray]:
+        """The welded vertices' neighbours as CSR (indptr, indices): vertex v's are indices[indptr[v]:indptr[v + 1]]."""
+        t = self.welded
+        src = np.concatenate([t[:, 0], t[:, 1], t[:, 2], t[:, 1], t[:, 2], t[:, 0]])
+        dst = np.concatenate([t[:, 1], t[:, 2], t[:, 0], t[:, 0], t[:, 1], t[:, 2]])
+        order = np.argsort(src, kind="stable")
+        indptr = np.zeros(int(t.max()) + 2, np.int64)
+        np.cumsum(np.bincount(src, minlength=int(t.max()) + 1), out=indptr[1:])
+        return indptr, dst[order]
 
 
 def face_areas(corners: np.ndarray) -> np.ndarray:

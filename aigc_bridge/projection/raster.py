@@ -15,8 +15,11 @@ exactly on an edge (common in UV layouts aligned to the texel grid) then goes to
 the top-left rule on the coefficients: no cracks, no double coverage, and double coverage means
 overlapping triangles.
 
-Work is proportional to the triangles' bounding boxes: per triangle, its box's pixels are generated with
-``np.repeat`` (no Python loop over triangles), in chunks of bounded memory.
+Work is proportional to the pixels covered: along each row of a triangle the edge functions are linear,
+so the span of columns inside is solved for per (triangle, row) and only those pixels are generated (with
+``np.repeat``, no Python loop over triangles) and tested exactly, in chunks of bounded memory. Triangles
+crossing a pinhole camera's eye plane (their inside changes sign across the image) are tested pixel by
+pixel over their bounding box instead.
 """
 
 from __future__ import annotations
@@ -38,53 +41,136 @@ class Fragments:
     weights: np.ndarray   # float64 (N, 3)
 
 
-def edge_coefficients(corners: np.ndarray, *, pinhole: bool) -> np.ndarray:
+def edge_coefficients(corners: np.ndarray, *, pinhole: bool, ids: np.ndarray | None = None) -> np.ndarray:
     """(T, 3, 3): for corner k, the coefficients (a, b, c) of the edge function opposite it.
 
     ``corners`` (T, 3, 3) are camera-space points (pinhole) or (T, 3, 2) plane points (orthographic, UV).
-    Each edge is computed from its corners in lexicographic order, so bit-identical corners (a shared
-    edge, whatever the vertex ids) give bit-identical, negated coefficients."""
+    Each edge is computed from its two corners in a canonical order: by ``ids`` (T, 3) when given (vertex
+    ids that are equal exactly when the points are, e.g. welded by position), else lexicographically by
+    coordinates. Bit-identical corners, a shared edge, then give bit-identical, negated coefficients."""
     coef = np.empty((len(corners), 3, 3), np.float64)
     for k in range(3):
         i, j = (k + 1) % 3, (k + 2) % 3
         p, q = corners[:, i], corners[:, j]
-        swap = np.zeros(len(corners), bool)
-        decided = np.zeros(len(corners), bool)
-        for axis in range(corners.shape[2]):
-            swap |= ~decided & (p[:, axis] > q[:, axis])
-            decided |= p[:, axis] != q[:, axis]
+        if ids is not None:
+            swap = ids[:, i] > ids[:, j]
+        else:
+            swap = np.zeros(len(corners), bool)
+            decided = np.zeros(len(corners), bool)
+            for axis in range(corners.shape[2]):
+                swap |= ~decided & (p[:, axis] > q[:, axis])
+                decided |= p[:, axis] != q[:, axis]
         p, q = np.where(swap[:, None], q, p), np.where(swap[:, None], p, q)
-        sign = np.where(swap, -1.0, 1.0)[:, None]
+        sign = np.where(swap, -1.0, 1.0)
         if pinhole:  # e = ray . (p x q), ray = (rx, ry, -1)
-            cross = np.cross(p, q)
-            coef[:, k] = sign * np.stack([cross[:, 0], cross[:, 1], -cross[:, 2]], axis=1)
+            coef[:, k, 0] = sign * (p[:, 1] * q[:, 2] - p[:, 2] * q[:, 1])
+            coef[:, k, 1] = sign * (p[:, 2] * q[:, 0] - p[:, 0] * q[:, 2])
+            coef[:, k, 2] = -sign * (p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0])
         else:  # e = (q - p) x (r - p), z component, expanded in r
-            coef[:, k] = sign * np.stack([p[:, 1] - q[:, 1], q[:, 0] - p[:, 0],
-                                          p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]], axis=1)
+            coef[:, k, 0] = sign * (p[:, 1] - q[:, 1])
+            coef[:, k, 1] = sign * (q[:, 0] - p[:, 0])
+            coef[:, k, 2] = sign * (p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0])
     return coef
 
 
 def rasterize(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarray,
-              triangles: np.ndarray | None = None) -> Fragments:
+              triangles: np.ndarray | None = None, orientation: np.ndarray | None = None) -> Fragments:
     """Every (pixel, triangle) pair whose pixel centre is inside the triangle.
 
     ``coef`` (T, 3, 3) from ``edge_coefficients``; ``boxes`` (T, 4) int: col0, row0, col1, row1 (exclusive)
     already clipped to the image; ``rx`` (W,) and ``ry`` (H,) the plane coordinates of column and row
-    centres; ``triangles`` (T,) the ids to report (default 0..T-1)."""
-    width = len(rx)
+    centres, ``rx`` increasing evenly; ``triangles`` (T,) the ids to report (default 0..T-1);
+    ``orientation`` (T,) +1 / -1, the sign of the edge functions inside each triangle where it is the same
+    over the whole image (2D, or a triangle wholly in front of a pinhole camera), 0 where it is not (a
+    triangle crossing the eye plane): those are tested pixel by pixel over their box. The returned
+    weights are the edge functions as ``coef`` gives them (their sum is negative for negative orientation).
+    """
     ids = np.arange(len(coef), dtype=np.int32) if triangles is None else triangles.astype(np.int32)
+    if orientation is None:
+        orientation = np.zeros(len(coef))
+    known = orientation != 0
+    parts = []
+    if known.any():
+        sel = np.flatnonzero(known)
+        parts += _spans(coef[sel], boxes[sel], rx, ry, ids[sel], orientation[sel])
+    if not known.all():
+        sel = np.flatnonzero(~known)
+        parts += _boxes(coef[sel], boxes[sel], rx, ry, ids[sel])
+    if not parts:
+        return Fragments(np.empty(0, np.int64), np.empty(0, np.int32), np.empty((0, 3)))
+    return Fragments(np.concatenate([f.pixel for f in parts]), np.concatenate([f.triangle for f in parts]),
+                     np.concatenate([f.weights for f in parts]))
+
+
+SPAN_SLACK = 1e-6  # columns: a span reaches this far past its computed ends, so rounding there loses nothing
+
+
+def _spans(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarray, ids: np.ndarray,
+           sign: np.ndarray) -> list[Fragments]:
+    """Triangles of known orientation, row by row: per (triangle, row) the column span where all three edge
+    functions are >= 0 is solved for (they are linear along a row), and only the span's pixels are tested
+    exactly, so the work is the covered pixels, not the bounding boxes."""
+    width = len(rx)
+    # Fold the orientation in: inside is then e > 0 for every triangle (negation is exact, so shared edges
+    # still evaluate to exactly opposite values).
+    a = [sign * coef[:, k, 0] for k in range(3)]
+    b = [sign * coef[:, k, 1] for k in range(3)]
+    c = [sign * coef[:, k, 2] for k in range(3)]
+    owns = [(a[k] > 0) | ((a[k] == 0) & (b[k] > 0)) for k in range(3)]  # the top-left rule
+    rows = np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    pair_tri = np.repeat(np.arange(len(coef)), rows)
+    pair_row = np.take(boxes[:, 1], pair_tri) + (np.arange(len(pair_tri)) - np.repeat(np.cumsum(rows) - rows, rows))
+    y = np.take(ry, pair_row)
+    rx0, step = float(rx[0]), float(rx[1] - rx[0]) if width > 1 else 1.0
+    lo = np.take(boxes[:, 0], pair_tri).astype(np.float64)
+    hi = np.take(boxes[:, 2], pair_tri).astype(np.float64) - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(3):
+            ak = np.take(a[k], pair_tri)
+            at_col0 = ak * rx0 + np.take(b[k], pair_tri) * y + np.take(c[k], pair_tri)  # e_k at column 0
+            slope = ak * step
+            bound = -at_col0 / slope  # the column where e_k crosses 0
+            lo = np.where(slope > 0, np.maximum(lo, bound), lo)
+            hi = np.where(slope < 0, np.minimum(hi, bound), hi)
+            hi = np.where((slope == 0) & (at_col0 < 0), -1.0, hi)  # parallel to the row and outside
+    start = np.ceil(np.clip(lo, -1.0, width) - SPAN_SLACK).astype(np.int64)
+    stop = np.floor(np.clip(hi, -1.0, width) + SPAN_SLACK).astype(np.int64)
+    count = np.maximum(stop - start + 1, 0)
+
+    out = []
+    ends = np.cumsum(count)
+    first = 0
+    while first < len(count):
+        base = ends[first - 1] if first else 0
+        last = max(int(np.searchsorted(ends, base + CHUNK, side="right")), first + 1)
+        n = count[first:last]
+        pair = np.repeat(np.arange(first, last), n)
+        col = np.take(start, pair) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+        row, tri = np.take(pair_row, pair), np.take(pair_tri, pair)
+        x, yy = np.take(rx, col), np.take(ry, row)
+        e = [np.take(a[k], tri) * x + np.take(b[k], tri) * yy + np.take(c[k], tri) for k in range(3)]
+        inside = (e[0] > 0) & (e[1] > 0) & (e[2] > 0)
+        tie = np.flatnonzero(~inside & (e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0))
+        if len(tie):  # a centre exactly on an edge or corner
+            inside[tie] = np.logical_and.reduce([(e[k][tie] != 0) | owns[k][tri[tie]] for k in range(3)])
+        keep = np.flatnonzero(inside)
+        tri_kept = np.take(tri, keep)
+        unfold = np.take(sign, tri_kept)[:, None]
+        out.append(Fragments(np.take(row, keep) * width + np.take(col, keep), np.take(ids, tri_kept),
+                             np.stack([np.take(ek, keep) for ek in e], axis=1) * unfold))
+        first = last
+    return out
+
+
+def _boxes(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarray, ids: np.ndarray) -> list[Fragments]:
+    """Triangles whose orientation varies over the image: every pixel of the box, with its own sign."""
+    width = len(rx)
     bw = np.maximum(boxes[:, 2] - boxes[:, 0], 0).astype(np.int64)
     bh = np.maximum(boxes[:, 3] - boxes[:, 1], 0).astype(np.int64)
     counts = bw * bh
-    keep = counts > 0
-    coef, boxes, ids, bw, counts = coef[keep], boxes[keep], ids[keep], bw[keep], counts[keep]
-    # One 1-D array per edge and coefficient: gathers and arithmetic on flat arrays are several times
-    # faster in numpy than on (N, 3) rows.
     a = [np.ascontiguousarray(coef[:, k, 0]) for k in range(3)]
     b = [np.ascontiguousarray(coef[:, k, 1]) for k in range(3)]
     c = [np.ascontiguousarray(coef[:, k, 2]) for k in range(3)]
-    # Top-left rule, per edge: on the edge itself the pixel belongs to the side whose coefficients are
-    # "positive" (a > 0, or a == 0 and b > 0); the triangle sharing the edge has them negated.
     positive = [(a[k] > 0) | ((a[k] == 0) & (b[k] > 0)) for k in range(3)]
     out = []
     ends = np.cumsum(counts)
@@ -96,7 +182,7 @@ def rasterize(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarra
         local = np.repeat(np.arange(start_tri, stop_tri), n)
         offset = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
         width_t = np.take(bw, local)
-        row_off = offset // width_t
+        row_off = offset // np.maximum(width_t, 1)
         col = np.take(boxes[:, 0], local) + (offset - row_off * width_t)
         row = np.take(boxes[:, 1], local) + row_off
         x, y = np.take(rx, col), np.take(ry, row)
@@ -114,10 +200,7 @@ def rasterize(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarra
                              np.take(ids, np.take(local, keep_idx)),
                              np.stack([np.take(ek, keep_idx) for ek in e], axis=1)))
         start_tri = stop_tri
-    if not out:
-        return Fragments(np.empty(0, np.int64), np.empty(0, np.int32), np.empty((0, 3)))
-    return Fragments(np.concatenate([f.pixel for f in out]), np.concatenate([f.triangle for f in out]),
-                     np.concatenate([f.weights for f in out]))
+    return out
 
 
 def boxes_from_points(x: np.ndarray, y: np.ndarray, width: int, height: int) -> np.ndarray:

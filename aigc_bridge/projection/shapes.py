@@ -59,19 +59,10 @@ def uv_sphere(centre: object = (0.0, 0.0, 0.0), radius: float = 1.0, *, segments
     index[:, -1] = index[:, 0]
     index[0, :] = index[0, 0]
     index[-1, :] = index[-1, 0]
-    triangles, uvs = [], []
-    flat_uv = uv.reshape(-1, 2)
-    for j in range(rings):
-        for i in range(segments):
-            a, b = (j, i), (j, i + 1)
-            c, d = (j + 1, i + 1), (j + 1, i)
-            quads = []
-            if j > 0:
-                quads.append((a, b, c))
-            if j < rings - 1:
-                quads.append((a, c, d))
-            for tri in quads:
-                triangles.append([index[p] for p in tri])
-                corner_uv = [flat_uv[p[0] * (segments + 1) + p[1]] for p in tri]
-                uvs.append(corner_uv)
-    return Mesh.checked(pos.reshape(-1, 3), np.array(triangles), np.array(uvs), name)
+    grid = np.arange((rings + 1) * (segments + 1)).reshape(rings + 1, segments + 1)  # unwelded, for UVs
+    j, i = np.meshgrid(np.arange(rings), np.arange(segments), indexing="ij")
+    a, b, c, d = grid[j, i], grid[j, i + 1], grid[j + 1, i + 1], grid[j + 1, i]
+    lower = np.stack([a, b, c], axis=-1)[1:].reshape(-1, 3)       # no sliver at the south pole
+    upper = np.stack([a, c, d], axis=-1)[:-1].reshape(-1, 3)      # nor at the north pole
+    corners = np.concatenate([lower, upper])
+    return Mesh.checked(pos.reshape(-1, 3), index.reshape(-1)[corners], uv.reshape(-1, 2)[corners], name)

@@ -26,9 +26,9 @@ class TexelMap:
     size: int
     index: np.ndarray     # (N,) int64: row * size + col
     triangle: np.ndarray  # (N,) int32
-    bary: np.ndarray      # (N, 3) float64: barycentrics in that triangle
-    position: np.ndarray  # (N, 3) float64: the surface point, world space
-    normal: np.ndarray    # (N, 3) float64: the face normal
+    bary: np.ndarray      # (N, 3) float32: barycentrics in that triangle
+    position: np.ndarray  # (N, 3) float32: the surface point, world space
+    normal: np.ndarray    # (N, 3) float32: the face normal
     area: np.ndarray      # (N,) float64: the surface area the texel stands for
     surface_area: float   # of the whole mesh (faces too small to hold a texel count as uncovered)
     warnings: tuple[str, ...] = ()
@@ -72,28 +72,32 @@ def texel_map(mesh: Mesh, size: int) -> TexelMap:
     boxes = boxes_from_points(x, y, size, size)
     coef = edge_coefficients(uv, pinhole=False)
     centres = (np.arange(size) + 0.5) / size
-    frags = rasterize(coef, boxes, centres, 1.0 - centres)
+    orientation = np.sign(coef[:, :, 2].sum(axis=1))  # the edge functions sum to twice the signed UV area
+    faces = np.flatnonzero(orientation != 0).astype(np.int32)  # faces without UV area hold no texel
+    frags = rasterize(coef[faces], boxes[faces], centres, 1.0 - centres, faces, orientation[faces])
 
-    owner = np.full(size * size, np.iinfo(np.int32).max, np.int32)
-    np.minimum.at(owner, frags.pixel, frags.triangle)
-    win = frags.triangle == owner[frags.pixel]
     notes = []
-    if not win.all():
-        area = mesh.area()
-        shared = np.unique(frags.triangle[~win])
-        shared = np.union1d(shared, np.unique(owner[frags.pixel[~win]]))
-        share = float(area[shared].sum() / area.sum())
+    if np.bincount(frags.pixel, minlength=size * size).max(initial=0) > 1:  # overlapping UVs
+        owner = np.full(size * size, np.iinfo(np.int32).max, np.int32)
+        np.minimum.at(owner, frags.pixel, frags.triangle)
+        win = frags.triangle == owner[frags.pixel]
+        shared = np.union1d(np.unique(frags.triangle[~win]), np.unique(owner[frags.pixel[~win]]))
+        share = float(mesh.areas[shared].sum() / mesh.areas.sum())
         notes.append(f"mesh {mesh.name!r}: {len(shared):,} faces ({share:.1%} of the surface) overlap others in "
                      "the UV map (mirrored or stacked UVs): each shared texel is baked from one of them and "
                      "the others show the same colours; unwrap without overlaps (e.g. Smart UV Project) for a "
                      "texture of their own")
-    pixel, triangle = frags.pixel[win], frags.triangle[win]
-    bary = frags.weights[win] / frags.weights[win].sum(axis=1, keepdims=True)
-    order = np.argsort(pixel, kind="stable")
-    pixel, triangle, bary = pixel[order], triangle[order], bary[order]
-    position = np.einsum("nk,nkc->nc", bary, mesh.corners[triangle])
-    area = mesh.area()
+        pixel, triangle, weights = frags.pixel[win], frags.triangle[win], frags.weights[win]
+    else:
+        pixel, triangle, weights = frags.pixel, frags.triangle, frags.weights
+    bary = weights / weights.sum(axis=1, keepdims=True)
+    corner = np.take(mesh.triangles, triangle, axis=0)
+    position = np.zeros((len(triangle), 3))
+    for k in range(3):  # np.take: row gathers several times faster than fancy indexing
+        position += bary[:, k, None] * np.take(mesh.positions, corner[:, k], axis=0)
+    area = mesh.areas
     per_triangle = np.bincount(triangle, minlength=len(area))
-    texel_area = area[triangle] / per_triangle[triangle]
-    return TexelMap(size, pixel, triangle, bary, position, mesh.face_normals()[triangle], texel_area,
+    texel_area = np.take(area / np.maximum(per_triangle, 1), triangle)
+    return TexelMap(size, pixel, triangle, bary.astype(np.float32), position.astype(np.float32),
+                    np.take(mesh.normals, triangle, axis=0).astype(np.float32), texel_area,
                     float(area.sum()), tuple(notes))

@@ -6,6 +6,7 @@ partially textured meshes rendered into the view.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -17,6 +18,12 @@ DEPTH_FLOOR = 0.5   # the farthest object point's brightness; the background is 
 EDGE_PX = 3         # pixels from a depth edge over which trust ramps up
 EDGE_FLOOR = 0.1    # trust at a depth edge: seen, but badly, so a better view repaints it
 SURFACE_PX = 2.0    # neighbours farther than this many pixel footprints off a pixel's plane are another surface
+
+
+# The pixel pairs of a 2 x 2 cell of pixel centres (corners 00, 01, 10, 11 as (row, col) offsets) whose
+# "same surface" bits View.links stores: top, bottom, left, right, diagonal, anti-diagonal.
+CELL_PAIRS = (((0, 0), (0, 1)), ((1, 0), (1, 1)), ((0, 0), (1, 0)), ((0, 1), (1, 1)), ((0, 0), (1, 1)),
+              ((0, 1), (1, 0)))
 
 
 @dataclass
@@ -31,6 +38,7 @@ class View:
     normal: np.ndarray    # (H, W, 3) float64, world space, the face's own (winding) normal
     facing: np.ndarray    # (H, W) float64: |cos| between the normal and the direction to the eye, 0 off-object
     uv: np.ndarray        # (H, W, 2) float64
+    bary: np.ndarray      # (H, W, 3) float64: barycentrics of the pixel's point in its triangle
 
     @property
     def covered(self) -> np.ndarray:
@@ -43,6 +51,31 @@ class View:
         d = self.camera.position - points
         return d / np.linalg.norm(d, axis=-1, keepdims=True)
 
+    @cached_property
+    def pixel_links(self) -> dict[tuple[int, int], np.ndarray]:
+        """``same_surface`` towards the right, down, down-right and down-left neighbours, computed once."""
+        return {offset: same_surface(self, *offset) for offset in ((0, 1), (1, 0), (1, 1), (1, -1))}
+
+    def linked(self, dy: int, dx: int) -> np.ndarray:
+        """(H, W) bool: pixel (r, c) shows the same surface as pixel (r + dy, c + dx) (symmetric)."""
+        if (dy, dx) in self.pixel_links:
+            return self.pixel_links[(dy, dx)]
+        return _shift(self.pixel_links[(-dy, -dx)], dy, dx, False)  # the pair seen from the other end
+
+    @cached_property
+    def links(self) -> np.ndarray:
+        """(H + 1, W + 1) uint8: per 2 x 2 cell of pixel centres (cell (i, j) has pixel (i - 1, j - 1) at its
+        corner 00), bit k is set when the pixels of CELL_PAIRS[k] show one surface (``same_surface``).
+        Bilinear sampling reads it to leave out the corners across a depth edge."""
+        h, w = self.mesh.shape
+        cells = np.zeros((h + 1, w + 1), np.uint8)
+        for bit, ((r1, c1), (r2, c2)) in enumerate(CELL_PAIRS):
+            linked = np.zeros((h + 2, w + 2), bool)  # pixel (r, c) at (r + 1, c + 1)
+            linked[1:-1, 1:-1] = self.linked(r2 - r1, c2 - c1)
+            # cell (i, j)'s corner (r1, c1) is pixel (i - 1 + r1, j - 1 + c1), at (i + r1, j + c1) above
+            cells |= linked[r1:r1 + h + 1, c1:c1 + w + 1].astype(np.uint8) << bit
+        return cells
+
 
 def render_view(meshes: list[Mesh], camera: Camera) -> View:
     """Rasterise every mesh into ``camera`` with one depth buffer (objects hide each other)."""
@@ -50,29 +83,30 @@ def render_view(meshes: list[Mesh], camera: Camera) -> View:
     rx, ry = camera.pixel_rays()
     pixels, owners, meshes_of, weights, depths = [], [], [], [], []
     for index, mesh in enumerate(meshes):
-        corners = camera.to_camera(mesh.corners)  # (T, 3, 3)
+        corners = camera.to_camera(mesh.positions)[mesh.triangles]  # (T, 3, 3), camera space
         x, y, d = camera.project(corners)
+        boxes = boxes_from_points(x, y, w, h)
         if camera.perspective:
             near = 1e-9 * max(1.0, float(np.abs(corners).max()))
             behind = d <= near
-            keep = ~behind.all(axis=1)
-            boxes = boxes_from_points(x, y, w, h)
-            straddle = behind.any(axis=1) & keep
+            straddle = behind.any(axis=1) & ~behind.all(axis=1)
             boxes[straddle] = (0, 0, w, h)  # a triangle crossing the eye plane: test the whole image
-            coef = edge_coefficients(corners, pinhole=True)
+            coef = edge_coefficients(corners, pinhole=True, ids=mesh.welded)
+            volume = np.einsum("ij,ij->i", corners[:, 0], np.cross(corners[:, 1], corners[:, 2]))
+            orientation = np.where(straddle, 0.0, np.sign(volume))  # in front: e * sign(volume) > 0 inside
+            usable = ~behind.all(axis=1) & ((orientation != 0) | straddle)
         else:
-            keep = (d > 0).any(axis=1)
-            boxes = boxes_from_points(x, y, w, h)
-            coef = edge_coefficients(corners[:, :, :2], pinhole=False)
-        tris = np.flatnonzero(keep).astype(np.int32)
-        frags = rasterize(coef[tris], boxes[tris], rx, ry, tris)
+            coef = edge_coefficients(corners[:, :, :2], pinhole=False, ids=mesh.welded)
+            orientation = np.sign(coef[:, :, 2].sum(axis=1))  # 2D: the edge functions sum to twice the area
+            usable = (d > 0).any(axis=1) & (orientation != 0)
+        tris = np.flatnonzero(usable).astype(np.int32)
+        frags = rasterize(coef[tris], boxes[tris], rx, ry, tris, orientation[tris])
         total = frags.weights.sum(axis=1)
         if camera.perspective:
-            volume = np.einsum("ij,ij->i", corners[:, 0], np.cross(corners[:, 1], corners[:, 2]))
-            depth = volume[frags.triangle] / total  # the ray (rx, ry, -1) hits the plane at this distance
+            depth = np.take(volume, frags.triangle) / total  # where the ray (rx, ry, -1) meets the plane
             good = depth > near
         else:
-            depth = np.einsum("ij,ij->i", frags.weights, d[frags.triangle]) / total
+            depth = np.einsum("ij,ij->i", frags.weights, np.take(d, frags.triangle, axis=0)) / total
             good = depth > 0
         pixels.append(frags.pixel[good])
         owners.append(frags.triangle[good])
@@ -84,24 +118,27 @@ def render_view(meshes: list[Mesh], camera: Camera) -> View:
 
     zbuf = np.full(h * w, np.inf)
     np.minimum.at(zbuf, pixel, depth)
-    win = depth <= zbuf[pixel]
-    pixel, triangle, mesh_id, bary, depth = pixel[win], triangle[win], mesh_id[win], bary[win], depth[win]
+    win = depth <= np.take(zbuf, pixel)
+    pixel, triangle, mesh_id, bary = pixel[win], triangle[win], mesh_id[win], bary[win]
 
     view = View(camera, np.full(h * w, -1, np.int32), np.full(h * w, -1, np.int32), zbuf,
-                np.zeros((h * w, 3)), np.zeros((h * w, 3)), np.zeros(h * w), np.zeros((h * w, 2)))
-    view.mesh[pixel], view.triangle[pixel] = mesh_id, triangle
+                np.zeros((h * w, 3)), np.zeros((h * w, 3)), np.zeros(h * w), np.zeros((h * w, 2)),
+                np.zeros((h * w, 3)))
+    view.mesh[pixel], view.triangle[pixel], view.bary[pixel] = mesh_id, triangle, bary
     for index, mesh in enumerate(meshes):
         sel = mesh_id == index
         px, tri, lam = pixel[sel], triangle[sel], bary[sel]
-        view.position[px] = np.einsum("nk,nkc->nc", lam, mesh.corners[tri])
-        view.uv[px] = np.einsum("nk,nkc->nc", lam, mesh.uvs[tri])
-        view.normal[px] = mesh.face_normals()[tri]
+        corner = np.take(mesh.triangles, tri, axis=0)
+        uv = np.take(mesh.uvs, tri, axis=0)
+        view.position[px] = sum(lam[:, k, None] * np.take(mesh.positions, corner[:, k], axis=0) for k in range(3))
+        view.uv[px] = sum(lam[:, k, None] * uv[:, k] for k in range(3))
+        view.normal[px] = np.take(mesh.normals, tri, axis=0)
     covered = view.mesh >= 0
     to_eye = view.to_eye(view.position[covered])
     view.facing[covered] = np.abs(np.einsum("ij,ij->i", view.normal[covered], to_eye))
     for name in ("mesh", "triangle", "depth", "facing"):
         setattr(view, name, getattr(view, name).reshape(h, w))
-    for name in ("position", "normal", "uv"):
+    for name in ("position", "normal", "uv", "bary"):
         setattr(view, name, getattr(view, name).reshape(h, w, -1))
     return view
 
@@ -122,19 +159,28 @@ def depth_image(view: View, floor: float = DEPTH_FLOOR) -> np.ndarray:
     return out
 
 
-def surface_edges(view: View) -> np.ndarray:
-    """(H, W) bool: object pixels next to the background or to another surface (a depth edge). A neighbour
-    is the same surface when it lies within SURFACE_PX pixel footprints of this pixel's plane, so creases
-    are not edges but silhouettes and occlusions are."""
+def same_surface(view: View, dy: int, dx: int) -> np.ndarray:
+    """(H, W) bool: pixel (r, c) and pixel (r + dy, c + dx) show one surface: the same object, each within
+    SURFACE_PX pixel footprints of the other's plane, facing the same way. Creases pass; silhouettes,
+    occlusions and the two sides of a thin part do not."""
     covered = view.covered
-    edge = np.zeros_like(covered)
+    other = _shift(covered, dy, dx, False)
+    ok = covered & other & (view.mesh == _shift(view.mesh, dy, dx, -1))
     tol = SURFACE_PX * view.camera.footprint(np.where(covered, view.depth, 0.0))
+    other_pos, other_normal = _shift(view.position, dy, dx, 0.0), _shift(view.normal, dy, dx, 0.0)
+    gap = other_pos - view.position
+    ok &= np.abs(np.einsum("hwc,hwc->hw", view.normal, gap)) <= tol
+    ok &= np.abs(np.einsum("hwc,hwc->hw", other_normal, gap)) <= _shift(tol, dy, dx, 0.0)
+    ok &= np.einsum("hwc,hwc->hw", view.normal, other_normal) > 0
+    return ok
+
+
+def surface_edges(view: View) -> np.ndarray:
+    """(H, W) bool: object pixels next to the background or to another surface (a depth edge)."""
+    edge = np.zeros(view.mesh.shape, bool)
     for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        other_cov = _shift(covered, dy, dx, False)
-        other_pos = _shift(view.position, dy, dx, 0.0)
-        off_plane = np.abs(np.einsum("hwc,hwc->hw", view.normal, other_pos - view.position))
-        edge |= covered & (~other_cov | (off_plane > tol))
-    return edge
+        edge |= ~view.linked(dy, dx)
+    return edge & view.covered
 
 
 def edge_ramp(view: View, edge_px: int = EDGE_PX, floor: float = EDGE_FLOOR) -> np.ndarray:
