@@ -90,7 +90,7 @@ def test_an_object_without_uvs_gets_a_smart_uv_project_and_the_report_says_so(em
     (arrays,), report = mesh_arrays.extract([barrel])
     assert arrays.made_uvs and report == ["'Barrel' had no UV map: made one with Smart UV Project (UVMap)"]
     assert [layer.name for layer in barrel.data.uv_layers] == ["UVMap"]
-    assert 0.0 <= arrays.uvs.min() and arrays.uvs.max() <= 1.0
+    assert arrays.uvs.min() >= 0.0 and arrays.uvs.max() <= 1.0
     checked = Mesh.checked(arrays.positions, arrays.triangles, arrays.uvs, arrays.name)
     assert texel_map(checked, 128).warnings == ()  # islands that do not overlap
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from aigc_bridge.errors import AigcError, Cancelled, InvalidRequest
+from aigc_bridge.projection.bake import bake_view, sample_view
 from aigc_bridge.projection.cameras import ring_cameras
 from aigc_bridge.projection.loop import LoopOptions, LoopState, Projection, texture_meshes
 from aigc_bridge.projection.shapes import box, uv_sphere
@@ -186,3 +187,24 @@ def test_several_objects_share_the_views_and_get_a_texture_each():
     result = texture_meshes([left, right], cams, Recorder(), LoopOptions("wood", texture_size=64))
     assert [t.shape for t in result.textures] == [(64, 64, 3), (64, 64, 3)]
     assert min(result.coverage) > 0.7  # bottoms are not seen from above
+
+
+def test_the_next_view_sees_what_earlier_views_baked():
+    """Projection.render (the init image): after the front view baked world positions, the 45-degree view
+    shows, wherever it sees surface the front view saw, the position of that very surface."""
+    mesh = box(subdivisions=2)
+    cams = ring_cameras([mesh.positions], count=8, elevation_deg=10.0, top=False, width=VIEW, height=VIEW)
+    projection = Projection.prepare([mesh], cams, 256)
+    front, side = render_view([mesh], cams[0]), render_view([mesh], cams[1])
+    bake_view(projection.states[0], sample_view(projection.texels[0], 0, front, front.position), repaint_below=0.7)
+    rendered = projection.render(side, background=(9.0, 9.0, 9.0))
+    assert (rendered[~side.covered] == 9.0).all()
+    quality = projection.rendered_quality(side)
+    known = side.covered & (quality > 0)
+    assert known.sum() > 0.3 * side.covered.sum()
+    error = np.linalg.norm(rendered[known] - side.position[known], axis=1)
+    texel = 2.0 / (256 / 3)  # a face's island is about a third of the texture across
+    assert np.percentile(error, 99) < 1.5 * texel
+    # What the front view did not see is filled from the surface around it: finite, and not the background.
+    unknown = side.covered & (quality == 0)
+    assert unknown.any() and np.isfinite(rendered[unknown]).all() and (rendered[unknown] != 9.0).all()

@@ -9,6 +9,7 @@ same texels; that is said in a warning with the share of the surface it concerns
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -36,6 +37,12 @@ class TexelMap:
     @property
     def count(self) -> int:
         return len(self.index)
+
+    @cached_property
+    def position_columns(self) -> np.ndarray:
+        """(3, N) float32: the positions by coordinate, each contiguous (projecting millions of texels is
+        several times faster on columns than through a (N, 3) @ (3, 3) product)."""
+        return np.ascontiguousarray(self.position.T, np.float32)
 
     def mask(self) -> np.ndarray:
         """(S, S) bool: texels that hold a surface point."""

@@ -52,6 +52,20 @@ class View:
         return d / np.linalg.norm(d, axis=-1, keepdims=True)
 
     @cached_property
+    def planes(self) -> np.ndarray:
+        """(H * W, 4) float32: each pixel's surface plane, the unit normal turned towards the eye and its
+        offset (n . x = d on the plane), for the back-projection's visibility test."""
+        normal = np.where(self.side[..., None], self.normal, -self.normal).reshape(-1, 3)
+        offset = np.einsum("ij,ij->i", normal, self.position.reshape(-1, 3))
+        return np.concatenate([normal, offset[:, None]], axis=1).astype(np.float32)
+
+    @cached_property
+    def side(self) -> np.ndarray:
+        """(H, W) bool: the face a pixel shows turns its front (winding) side to the eye."""
+        to_eye = self.to_eye(self.position.reshape(-1, 3)).reshape(self.position.shape)
+        return np.einsum("hwc,hwc->hw", self.normal, to_eye) > 0
+
+    @cached_property
     def pixel_links(self) -> dict[tuple[int, int], np.ndarray]:
         """``same_surface`` towards the right, down, down-right and down-left neighbours, computed once."""
         return {offset: same_surface(self, *offset) for offset in ((0, 1), (1, 0), (1, 1), (1, -1))}
