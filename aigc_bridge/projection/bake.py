@@ -95,8 +95,10 @@ def sample_view(texels: TexelMap, mesh_index: int, view: View, image: np.ndarray
         tx_, ty_, tz_ = (-camera.forward).astype(np.float32)
         length = np.float32(1.0)
     cos = (nx * tx_ + ny * ty_ + nz * tz_) / length  # the texel's facing, signed
-    side = np.take(view.side.reshape(-1), nearest)
-    visible = (off_plane <= SURFACE_PX * camera.footprint(depth)) & ((cos > 0) == side)
+    # Its face and the pixel's turn the same way (their normals less than 90 degrees apart).
+    towards = pixel_plane[:, 0] * nx + pixel_plane[:, 1] * ny + pixel_plane[:, 2] * nz
+    same_way = (towards > 0) == np.take(view.side.reshape(-1), nearest)
+    visible = (off_plane <= SURFACE_PX * camera.footprint(depth)) & same_way
     cand, x, y, nearest, cos = cand[visible], x[visible], y[visible], nearest[visible], cos[visible]
 
     # Bilinear over the four pixel centres around the point, leaving out those across a depth edge from
