@@ -138,14 +138,8 @@ def _spans(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarray, 
     count = np.maximum(stop - start + 1, 0)
 
     out = []
-    ends = np.cumsum(count)
-    first = 0
-    while first < len(count):
-        base = ends[first - 1] if first else 0
-        last = max(int(np.searchsorted(ends, base + CHUNK, side="right")), first + 1)
-        n = count[first:last]
-        pair = np.repeat(np.arange(first, last), n)
-        col = np.take(start, pair) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    for pair, offset in _batches(count):
+        col = np.take(start, pair) + offset
         row, tri = np.take(pair_row, pair), np.take(pair_tri, pair)
         x, yy = np.take(rx, col), np.take(ry, row)
         e = [np.take(a[k], tri) * x + np.take(b[k], tri) * yy + np.take(c[k], tri) for k in range(3)]
@@ -158,7 +152,6 @@ def _spans(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarray, 
         unfold = np.take(sign, tri_kept)[:, None]
         out.append(Fragments(np.take(row, keep) * width + np.take(col, keep), np.take(ids, tri_kept),
                              np.stack([np.take(ek, keep) for ek in e], axis=1) * unfold))
-        first = last
     return out
 
 
@@ -173,14 +166,7 @@ def _boxes(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarray, 
     c = [np.ascontiguousarray(coef[:, k, 2]) for k in range(3)]
     positive = [(a[k] > 0) | ((a[k] == 0) & (b[k] > 0)) for k in range(3)]
     out = []
-    ends = np.cumsum(counts)
-    start_tri = 0
-    while start_tri < len(counts):
-        base = ends[start_tri - 1] if start_tri else 0
-        stop_tri = max(int(np.searchsorted(ends, base + CHUNK, side="right")), start_tri + 1)
-        n = counts[start_tri:stop_tri]
-        local = np.repeat(np.arange(start_tri, stop_tri), n)
-        offset = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+    for local, offset in _batches(counts):
         width_t = np.take(bw, local)
         row_off = offset // np.maximum(width_t, 1)
         col = np.take(boxes[:, 0], local) + (offset - row_off * width_t)
@@ -199,8 +185,20 @@ def _boxes(coef: np.ndarray, boxes: np.ndarray, rx: np.ndarray, ry: np.ndarray, 
         out.append(Fragments(np.take(row, keep_idx) * width + np.take(col, keep_idx),
                              np.take(ids, np.take(local, keep_idx)),
                              np.stack([np.take(ek, keep_idx) for ek in e], axis=1)))
-        start_tri = stop_tri
     return out
+
+
+def _batches(counts: np.ndarray):
+    """Items 0..n-1 each repeated ``counts[i]`` times, in batches of about CHUNK: (item, k) pairs, k running
+    0..counts[i]-1 within each item, so memory stays bounded however large the image."""
+    ends = np.cumsum(counts)
+    first = 0
+    while first < len(counts):
+        base = ends[first - 1] if first else 0
+        last = max(int(np.searchsorted(ends, base + CHUNK, side="right")), first + 1)
+        n = counts[first:last]
+        yield np.repeat(np.arange(first, last), n), np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        first = last
 
 
 def boxes_from_points(x: np.ndarray, y: np.ndarray, width: int, height: int) -> np.ndarray:
