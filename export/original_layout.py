@@ -43,25 +43,25 @@ def unet_module_to_original(name: str, config) -> str:
     for diffusers, original in _UNET_TOP.items():
         if name == diffusers or name.startswith(diffusers + "."):
             return original + name[len(diffusers):]
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)(.*)", name):
-        b, i, part, rest = int(m[1]), int(m[2]), m[3], m[4]
-        return f"input_blocks.{1 + b * per_block + i}.0.{_UNET_RESNET[part]}{rest}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", name):
-        return f"input_blocks.{1 + int(m[1]) * per_block + int(m[2])}.1.{m[3]}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", name):
-        return f"input_blocks.{(int(m[1]) + 1) * per_block}.0.op{m[2]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(\w+)(.*)", name):
-        return f"middle_block.{2 * int(m[1])}.{_UNET_RESNET[m[2]]}{m[3]}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.*)", name):
-        return f"middle_block.1.{m[1]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)(.*)", name):
-        b, i, part, rest = int(m[1]), int(m[2]), m[3], m[4]
-        return f"output_blocks.{b * per_block + i}.0.{_UNET_RESNET[part]}{rest}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", name):
-        return f"output_blocks.{int(m[1]) * per_block + int(m[2])}.1.{m[3]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv(.*)", name):
-        b = int(m[1])
-        return f"output_blocks.{b * per_block + per_block - 1}.{2 if up_has_attention[b] else 1}.conv{m[2]}"
+    slot = {"resnets": 0, "attentions": 1}
+    rules = (  # diffusers block prefix -> ldm block prefix
+        (r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)",
+         lambda b, kind, i: f"input_blocks.{1 + b * per_block + i}.{slot[kind]}"),
+        (r"down_blocks\.(\d+)\.downsamplers\.0\.conv", lambda b: f"input_blocks.{(b + 1) * per_block}.0.op"),
+        (r"mid_block\.(resnets|attentions)\.(\d+)", lambda kind, i: f"middle_block.{2 * i if slot[kind] == 0 else 1}"),
+        (r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)",
+         lambda b, kind, i: f"output_blocks.{b * per_block + i}.{slot[kind]}"),
+        (r"up_blocks\.(\d+)\.upsamplers\.0\.conv",
+         lambda b: f"output_blocks.{b * per_block + per_block - 1}.{2 if up_has_attention[b] else 1}.conv"),
+    )
+    for pattern, block in rules:
+        if m := re.match(pattern + r"(?=\.|$)", name):
+            groups = [int(g) if g.isdigit() else g for g in m.groups()]
+            rest = name[m.end():]
+            if "resnets" in groups:  # ResBlock layers have their own names in ldm
+                part, dot, tail = rest[1:].partition(".")
+                rest = "." + _UNET_RESNET[part] + dot + tail
+            return block(*groups) + rest
     raise KeyError(f"no original-layout name for UNet tensor {name}")
 
 

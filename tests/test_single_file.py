@@ -35,9 +35,19 @@ def _reference(cls_name: str, path, config):
     return pipe
 
 
-def _reference_image(pipe, latents: np.ndarray, **kwargs) -> np.ndarray:
+def _assert_matches_from_single_file(package, cls_name: str, path, config, prompt: str, negative: str,
+                                     guidance: float, count: int = 1, seed: int = 3) -> None:
+    """Our runtime on the package against diffusers' from_single_file pipeline on the same latents."""
+    latents = np.random.default_rng(seed).standard_normal((count, 4, 32, 32), dtype=np.float32)
+    ours = Pipeline.load(package, provider="cpu").generate(
+        GenerateRequest(prompt, negative_prompt=negative, steps=4, guidance=guidance, count=count, seed=0),
+        latents=latents)
     with torch.no_grad():
-        return pipe(latents=torch.from_numpy(latents), output_type="np", **kwargs).images
+        ref = _reference(cls_name, path, config)(
+            prompt=prompt, negative_prompt=negative or None, num_images_per_prompt=count, num_inference_steps=4,
+            guidance_scale=guidance, latents=torch.from_numpy(latents), output_type="np").images
+    assert ref.std() > 0.05  # a real image, not a constant
+    assert np.max(np.abs(np.stack(ours.images) - ref)) < 1e-4
 
 
 def test_the_fixtures_are_in_the_original_layout_and_convert_exactly(tiny_sd_file, tiny_sd_src, tiny_sdxl_file,
@@ -75,15 +85,8 @@ def test_sd1_safetensors_exports_and_matches_from_single_file(tiny_sd_file, tiny
     assert m["source_file"] == {"name": "tiny-sd1.safetensors", "sha256": sha256_file(tiny_sd_file),
                                 "bytes": tiny_sd_file.stat().st_size, "format": "safetensors", "family": "sd1",
                                 "config": str(tiny_sd_src)}
-    latents = np.random.default_rng(3).standard_normal((2, 4, 32, 32), dtype=np.float32)
-    ours = Pipeline.load(out, provider="cpu").generate(
-        GenerateRequest("red brick wall", negative_prompt="blurry", steps=4, guidance=7.5, count=2, seed=0),
-        latents=latents)
-    ref = _reference_image(_reference("StableDiffusionPipeline", tiny_sd_file, tiny_sd_src), latents,
-                           prompt="red brick wall", negative_prompt="blurry", num_images_per_prompt=2,
-                           num_inference_steps=4, guidance_scale=7.5)
-    assert ref.std() > 0.05
-    assert np.max(np.abs(np.stack(ours.images) - ref)) < 1e-4
+    _assert_matches_from_single_file(out, "StableDiffusionPipeline", tiny_sd_file, tiny_sd_src, "red brick wall",
+                                     "blurry", 7.5, count=2)
 
 
 def test_sd2_v_prediction_ckpt_matches_from_single_file(tiny_sd2v_file, tiny_sd2v_src, tmp_path):
@@ -92,14 +95,8 @@ def test_sd2_v_prediction_ckpt_matches_from_single_file(tiny_sd2v_file, tiny_sd2
     assert m["prediction_type"] == "v_prediction" and m["source_file"]["family"] == "sd2-v"
     assert m["source_file"]["format"] == "pickle (weights-only)"
     assert m["text_encoders"][0]["pad_token_id"] != 1  # SD 2.x pads with "!"
-    latents = np.random.default_rng(4).standard_normal((1, 4, 32, 32), dtype=np.float32)
-    ours = Pipeline.load(out, provider="cpu").generate(
-        GenerateRequest("mossy stone floor", negative_prompt="dark", steps=4, guidance=7.5, seed=0), latents=latents)
-    ref = _reference_image(_reference("StableDiffusionPipeline", tiny_sd2v_file, tiny_sd2v_src), latents,
-                           prompt="mossy stone floor", negative_prompt="dark", num_inference_steps=4,
-                           guidance_scale=7.5)
-    assert ref.std() > 0.05
-    assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
+    _assert_matches_from_single_file(out, "StableDiffusionPipeline", tiny_sd2v_file, tiny_sd2v_src,
+                                     "mossy stone floor", "dark", 7.5, seed=4)
 
 
 def test_sdxl_safetensors_matches_from_single_file(tiny_sdxl_file, tiny_sdxl_file_src, tmp_path):
@@ -107,15 +104,8 @@ def test_sdxl_safetensors_matches_from_single_file(tiny_sdxl_file, tiny_sdxl_fil
     m = json.loads((out / "model.json").read_text())
     assert m["family"] == "sdxl" and m["source_file"]["family"] == "sdxl"
     assert [e["hidden_size"] for e in m["text_encoders"]] == [32, 48]
-    latents = np.random.default_rng(5).standard_normal((1, 4, 32, 32), dtype=np.float32)
-    ours = Pipeline.load(out, provider="cpu").generate(
-        GenerateRequest("weathered blue wooden planks", negative_prompt="dark", steps=4, guidance=5.0, seed=0),
-        latents=latents)
-    ref = _reference_image(_reference("StableDiffusionXLPipeline", tiny_sdxl_file, tiny_sdxl_file_src), latents,
-                           prompt="weathered blue wooden planks", negative_prompt="dark", num_inference_steps=4,
-                           guidance_scale=5.0)
-    assert ref.std() > 0.05
-    assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
+    _assert_matches_from_single_file(out, "StableDiffusionXLPipeline", tiny_sdxl_file, tiny_sdxl_file_src,
+                                     "weathered blue wooden planks", "dark", 5.0, seed=5)
 
 
 def test_inpainting_checkpoint_graphs_match_from_single_file(tiny_inpaint_file, tiny_inpaint_src, tmp_path):
