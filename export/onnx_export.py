@@ -215,6 +215,8 @@ def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)", "out_dir")
     if isinstance(source, DiffusionPipeline):
+        if config is not None or family is not None:
+            raise ExportError("config and family apply to single-file checkpoints, not a loaded pipeline", "config")
         pipe, source, source_file = source, opts.model_id or getattr(source, "name_or_path", None) or "pipeline", None
     else:
         loaded = load_source(str(source), config=config, family=family, log=log)

@@ -70,7 +70,7 @@ def test_two_loras_in_both_formats_fused_at_export_match_diffusers(tiny_sd_src, 
                  negative_prompt="blurry", num_inference_steps=4, guidance_scale=7.5)
     assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
     plain = Pipeline.load(tiny_sd, provider="cpu").generate(request, latents=latents)
-    assert np.max(np.abs(ours.images[0] - plain.images[0])) > 0.05  # the LoRAs do change the picture
+    assert np.max(np.abs(ours.images[0] - plain.images[0])) > 1e-2  # the LoRAs change the picture (>> 1e-4)
     # every result names the LoRAs, with hash and weight: the engine's metadata and the JSON beside the image
     assert ours.metadata(0)["loras"] == m["loras"]
     write_outputs(ours.images[0], ours.metadata(0), tmp_path / "wall.png")
