@@ -111,13 +111,13 @@ def _check_lora(pipe, state: dict, name: str) -> None:
             converted, _ = pipe.lora_state_dict(dict(state))
     except (ValueError, KeyError) as exc:
         raise ExportError(f"{name} is not a LoRA diffusers can read (kohya / A1111 or diffusers / PEFT "
-                           f"format): {exc}", "lora") from None
+                          f"format): {exc}", "lora") from None
     parts = lora_components(pipe)
     unmatched = sorted(k for k in converted if k.split(".")[0] not in parts)
     misfits: list[str] = []
     if unmatched and any(k.startswith("text_encoder_2.") for k in unmatched):
         raise ExportError(f"{name} is an SDXL LoRA (it has weights for a second text encoder); this model has "
-                           "one text encoder (SD 1.x / 2.x)", "lora")
+                          "one text encoder (SD 1.x / 2.x)", "lora")
     for prefix, module in parts.items():
         part = {k[len(prefix) + 1:]: v for k, v in converted.items() if k.startswith(prefix + ".")}
         if not part:
@@ -150,11 +150,11 @@ def _check_lora(pipe, state: dict, name: str) -> None:
         family = (" — its cross-attention reads text features of another width: a LoRA for another family "
                   "(SD 1.x reads 768, SD 2.x 1024, SDXL 2048)") if cross else " — a LoRA for another model family"
         raise ExportError(f"{name} does not fit this model: {len(misfits)} of its layers have other shapes, e.g. "
-                           f"{'; '.join((cross or misfits)[:3])}{family}", "lora")
+                          f"{'; '.join((cross or misfits)[:3])}{family}", "lora")
     if unmatched:
         unmatched = sorted(set(unmatched))
         raise ExportError(f"{name}: {len(unmatched)} of its layers match nothing in this model, e.g. "
-                           f"{', '.join(unmatched[:4])}", "lora")
+                          f"{', '.join(unmatched[:4])}", "lora")
 
 
 def add_embeddings(pipe, specs: Sequence[str | EmbeddingSpec], log: Callable[[str], None] = print) -> list[dict]:
@@ -170,8 +170,9 @@ def add_embeddings(pipe, specs: Sequence[str | EmbeddingSpec], log: Callable[[st
             try:
                 pipe.load_textual_inversion(tensor_or_state, token=token, tokenizer=tokenizer, text_encoder=encoder)
             except ValueError as exc:
-                raise ExportError(f"embedding {spec.path.name} (token {token!r}): {exc}".splitlines()[0][:400],
-                                   "embedding") from None
+                hint = " (pass --embedding FILE:OTHER_TOKEN)" if "already in tokenizer" in str(exc) else ""
+                raise ExportError(f"embedding {spec.path.name} (token {token!r}): {str(exc).splitlines()[0][:300]}"
+                                  f"{hint}", "embedding") from None
             vectors.append(len(tokenizer) - before)
         log(f"added embedding {spec.path.name} as {token!r} ({'/'.join(map(str, vectors))} vectors)")
         records.append({"name": spec.path.name, "sha256": sha256_file(spec.path), "token": token,
@@ -185,12 +186,12 @@ def _embedding_targets(pipe, state: dict, name: str) -> list[tuple]:
     if "clip_l" in state or "clip_g" in state:
         if not sdxl or "clip_l" not in state or "clip_g" not in state:
             raise ExportError(f"embedding {name} is for SDXL (clip_l / clip_g vectors) and needs both; this model "
-                               f"is {'SDXL' if sdxl else 'SD 1.x / 2.x'}", "embedding")
+                              f"is {'SDXL' if sdxl else 'SD 1.x / 2.x'}", "embedding")
         return [(state["clip_l"], pipe.tokenizer, pipe.text_encoder),
                 (state["clip_g"], pipe.tokenizer_2, pipe.text_encoder_2)]
     if sdxl:
         raise ExportError(f"embedding {name} has one set of vectors (an SD 1.x / 2.x embedding); SDXL needs "
-                           "clip_l and clip_g", "embedding")
+                          "clip_l and clip_g", "embedding")
     if "emb_params" in state:  # Automatic1111's .safetensors layout
         return [(state["emb_params"], pipe.tokenizer, pipe.text_encoder)]
     return [(state, pipe.tokenizer, pipe.text_encoder)]

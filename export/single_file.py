@@ -32,8 +32,6 @@ _TEXT_ENCODERS = {  # key prefix -> architecture it implies
     "cond_stage_model.model.": "sd2",
     "cond_stage_model.transformer.": "sd1",
 }
-
-
 # diffusers' config files, as from_single_file fetches them from the hub (no weights)
 _CONFIG_PATTERNS = ["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
 
@@ -75,7 +73,7 @@ def load_source(source: str, *, config: str | None = None, family: str | None = 
     for given, flag in ((config, "--config"), (family, "--family")):
         if given is not None:
             raise ExportError(f"{flag} applies to single-file checkpoints (.safetensors / .ckpt); {source} is a "
-                               "diffusers folder or hub id, which carries its own configs", flag.lstrip("-"))
+                              "diffusers folder or hub id, which carries its own configs", flag.lstrip("-"))
     log(f"loading {source}")
     try:
         pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)
@@ -88,7 +86,7 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> Layout:
     """The family's evidence in the tensors, or an error that says what the file holds instead."""
     if _CONV_IN not in shapes:
         raise ExportError(f"{name} is not a Stable Diffusion checkpoint in the original layout (no {_CONV_IN}); "
-                           f"it holds {_summary(shapes)}{_hint(shapes)}", "source")
+                          f"it holds {_summary(shapes)}{_hint(shapes)}", "source")
     architecture = next((arch for prefix, arch in _TEXT_ENCODERS.items()
                          if any(k.startswith(prefix) for k in shapes)), None)
     if architecture == "sdxl" and not any(k.startswith("conditioner.embedders.0.transformer.") for k in shapes):
@@ -96,20 +94,20 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> Layout:
     if architecture is None:
         if any(k.startswith("conditioner.embedders.0.model.") for k in shapes):
             raise ExportError(f"{name} is an SDXL refiner (one OpenCLIP text encoder, image-to-image only); "
-                               "export the SDXL base model instead", "source")
+                              "export the SDXL base model instead", "source")
         raise ExportError(f"{name} has a UNet but no text encoder this exporter knows (looked for "
-                           f"{', '.join(p + '*' for p in _TEXT_ENCODERS)}); it holds {_summary(shapes)}", "source")
+                          f"{', '.join(p + '*' for p in _TEXT_ENCODERS)}); it holds {_summary(shapes)}", "source")
     if architecture != "sdxl" and _UNET + "label_emb.0.0.weight" in shapes:
         raise ExportError(f"{name} is an SD 2.x unCLIP / image-variation model (its UNet takes an image "
-                           "embedding); not supported", "source")
+                          "embedding); not supported", "source")
     channels = shapes[_CONV_IN][1]
     if channels not in (4, 9):
         kind = {7: "an x4 upscaler", 8: "an instruct-pix2pix model"}.get(channels, "not a text-to-image model")
         raise ExportError(f"{name}'s UNet takes {channels} input channels ({kind}); text-to-image (4) and "
-                           "inpainting (9) checkpoints are supported", "source")
+                          "inpainting (9) checkpoints are supported", "source")
     if not any(k.startswith("first_stage_model.") for k in shapes):
         raise ExportError(f"{name} has no VAE (first_stage_model.*): export a checkpoint that includes one",
-                           "source")
+                          "source")
     overrides = {}
     if "v_pred" in shapes:
         overrides["prediction_type"] = "v_prediction"
@@ -147,17 +145,17 @@ def choose_family(layout: Layout, family: str | None, have_config: bool, name: s
             raise ExportError(f"--family {family!r} is not one of {', '.join(FAMILY_NAMES)}", "family")
         if family not in layout.candidates:
             raise ExportError(f"--family {family} does not fit {name}: its tensors are "
-                               f"{' or '.join(FAMILIES[c].title for c in layout.candidates)} "
-                               f"(--family {' / '.join(layout.candidates)})", "family")
+                              f"{' or '.join(FAMILIES[c].title for c in layout.candidates)} "
+                              f"(--family {' / '.join(layout.candidates)})", "family")
         return FAMILIES[family]
     if len(layout.candidates) == 1:
         return FAMILIES[layout.candidates[0]]
     if have_config or "prediction_type" in layout.scheduler_overrides:
         return None  # the config (or the file's own v_pred marker) says which
     raise ExportError(f"{name} is an SD 2.x checkpoint, and its tensors do not say whether it predicts noise "
-                       "(the 512 px base models: --family sd2) or v (the 768 px models and most fine-tunes of "
-                       "them: --family sd2-v); pass --family, or --config DIR with a diffusers folder of the same "
-                       "kind", "family")
+                      "(the 512 px base models: --family sd2) or v (the 768 px models and most fine-tunes of "
+                      "them: --family sd2-v); pass --family, or --config DIR with a diffusers folder of the same "
+                      "kind", "family")
 
 
 def _load_single_file(path: Path, config: str | None, family: str | None, log: Callable[[str], None]) -> Source:
@@ -181,7 +179,7 @@ def _load_single_file(path: Path, config: str | None, family: str | None, log: C
                                                    local_files_only=True)
     except Exception as exc:  # diffusers' conversion raises many types; each names what did not fit
         raise ExportError(f"could not convert {path.name} with the configs from {config_name}: {exc}",
-                           "source") from None
+                          "source") from None
     overrides = dict(layout.scheduler_overrides)
     if chosen is not None and chosen.prediction_type is not None:
         overrides["prediction_type"] = chosen.prediction_type
@@ -212,7 +210,7 @@ def _config_dir(kind: Family, config: str | None, layout: Layout, name: str) -> 
     root = Path(config)
     if not root.is_dir():
         raise ExportError(f"--config {config} is not a folder (it must be a diffusers pipeline folder of the "
-                           "checkpoint's family, holding model_index.json and each component's config)", "config")
+                          "checkpoint's family, holding model_index.json and each component's config)", "config")
     needed = ["model_index.json", "unet/config.json", "vae/config.json", "scheduler/scheduler_config.json",
               "text_encoder/config.json", "tokenizer"]
     if layout.architecture == "sdxl":
@@ -220,7 +218,7 @@ def _config_dir(kind: Family, config: str | None, layout: Layout, name: str) -> 
     missing = [n for n in needed if not (root / n).exists()]
     if missing:
         raise ExportError(f"--config {config} lacks {', '.join(missing)}: it must be a diffusers pipeline folder "
-                           f"of the checkpoint's family ({kind.title})", "config")
+                          f"of the checkpoint's family ({kind.title})", "config")
     unet = json.loads((root / "unet/config.json").read_text(encoding="utf-8"))
     width, channels = unet.get("cross_attention_dim"), unet.get("in_channels")
     width = width[0] if isinstance(width, list) else width
