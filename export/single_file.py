@@ -113,8 +113,11 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> Layout:
         overrides["prediction_type"] = "v_prediction"
     if "ztsnr" in shapes:
         overrides["rescale_betas_zero_snr"] = True
-    context = next(shape[1] for key, shape in sorted(shapes.items())
-                   if key.startswith(_UNET) and key.endswith("attn2.to_k.weight"))
+    context = next((shape[1] for key, shape in sorted(shapes.items())
+                    if key.startswith(_UNET) and key.endswith("attn2.to_k.weight")), None)
+    if context is None:
+        raise ExportError(f"{name}'s UNet has no cross-attention (attn2.to_k): not a text-to-image model",
+                          "source")
     return Layout(architecture, channels == 9, int(context), overrides)
 
 
