@@ -143,9 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--force", action="store_true", help="replace existing key files")
     keys.set_defaults(run=_keys)
 
-    exp = sub.add_parser("export", help="export a diffusers pipeline to an ONNX model package")
-    exp.add_argument("source", help="diffusers pipeline folder or Hugging Face hub id")
+    from aigc_bridge_export import bench as bench_module  # stdlib-only at import; torch loads when it runs
+    from aigc_bridge_export.families import FAMILY_NAMES  # stdlib-only too
+
+    exp = sub.add_parser("export", help="export a model (diffusers folder, hub id, .safetensors / .ckpt) to an "
+                                        "ONNX model package")
+    exp.add_argument("source", help="diffusers pipeline folder, Hugging Face hub id, or a single-file checkpoint "
+                                    "(.safetensors; .ckpt loads weights-only)")
     exp.add_argument("out_dir", type=Path)
+    exp.add_argument("--config", metavar="DIR",
+                     help="single files: a diffusers folder of the same family to take the configs from "
+                          "(default: the family's hub repo, when online or cached)")
+    exp.add_argument("--family", choices=FAMILY_NAMES,
+                     help="single files: the family, where the tensors cannot tell (SD 2.x: sd2 = epsilon, "
+                          "sd2-v = v-prediction)")
+    exp.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                     help="fuse a LoRA (kohya / A1111 or diffusers / PEFT format) at WEIGHT (default 1); repeatable")
+    exp.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
+                     help="add a textual-inversion embedding as TOKEN (default: the file name); repeatable")
     exp.add_argument("--model-id", help="name results will cite (default: the source's name)")
     exp.add_argument("--fp16", action="store_true", help="fp16 weights (GPU); SDXL's VAE stays fp32")
     exp.add_argument("--distillation", choices=("none", "turbo", "lcm"),
@@ -158,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     exp.set_defaults(run=_export)
 
-    from aigc_bridge_export import bench as bench_module  # stdlib-only at import; torch loads when it runs
 
     bench = sub.add_parser("bench", help="time our runtime against diffusers on the real architectures",
                            description=bench_module.__doc__.splitlines()[0])
@@ -431,7 +445,8 @@ def _export(args: argparse.Namespace) -> int:
                         "pip install 'aigc-bridge[export]'", "export") from None
     export_pipeline(args.source, args.out_dir, model_id=args.model_id, fp16=args.fp16,
                     distillation=args.distillation, overwrite=args.overwrite, optimize=args.optimize,
-                    seamless=not args.no_seamless)
+                    seamless=not args.no_seamless, config=args.config, family=args.family, loras=args.lora,
+                    embeddings=args.embedding)
     return 0
 
 

@@ -34,19 +34,15 @@ from aigc_bridge.engine.package import (
     sha256_file,
 )
 from aigc_bridge.engine.schedulers import scheduler_for_class
-from aigc_bridge.errors import AigcError
 
+from .adapters import token_expansions
+from .errors import ExportError
 from .memory_profile import profile_package
 from .seamless import seamless
 
 OPSET = 17
 _INLINE_LIMIT = 1024  # tensors smaller than this stay inside the graph file
 _ALIGN = 4096
-
-
-class ExportError(AigcError):
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__("export_failed", message, field)
 
 
 # --- torch wrappers: one forward signature per graph, outputs named as the runtime expects ----------------
@@ -203,26 +199,35 @@ class ExportOptions:
 
 
 def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log: Callable[[str], None] = print,
-                    **options) -> Path:
-    """Export ``source`` (a diffusers folder, a hub id, or a loaded DiffusionPipeline) to a verified model
-    package in ``out_dir``. ``options`` are the fields of :class:`ExportOptions`."""
+                    config: str | None = None, family: str | None = None, loras: Sequence = (),
+                    embeddings: Sequence = (), **options) -> Path:
+    """Export ``source`` (a diffusers folder, a hub id, a single-file ``.safetensors`` / ``.ckpt`` checkpoint,
+    or a loaded DiffusionPipeline) to a verified model package in ``out_dir``. ``config`` and ``family`` steer
+    single-file conversion (docs/use-your-own-models.md); ``loras`` ("FILE[:WEIGHT]") are fused and
+    ``embeddings`` ("FILE[:TOKEN]") added before export. ``options`` are the fields of :class:`ExportOptions`."""
     from diffusers import DiffusionPipeline
+
+    from .adapters import add_embeddings, fuse_loras
+    from .single_file import load_source
 
     opts = ExportOptions(**options)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)", "out_dir")
     if isinstance(source, DiffusionPipeline):
-        pipe, source = source, opts.model_id or getattr(source, "name_or_path", None) or "pipeline"
+        if config is not None or family is not None:
+            raise ExportError("config and family apply to single-file checkpoints, not a loaded pipeline", "config")
+        pipe, source, source_file = source, opts.model_id or getattr(source, "name_or_path", None) or "pipeline", None
     else:
-        source = str(source)
-        log(f"loading {source}")
-        try:
-            pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)
-        except Exception as exc:  # diffusers raises many types for a bad source; report them all the same way
-            raise ExportError(f"could not load a diffusers pipeline from {source!r}: {exc}", "source") from None
+        loaded = load_source(str(source), config=config, family=family, log=log)
+        pipe, source, source_file = loaded.pipe, loaded.name, loaded.source_file
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
         raise ExportError(f"{source} is not a UNet text-to-image pipeline ({type(pipe).__name__})", "source")
+    provenance = {"source_file": source_file, "loras": fuse_loras(pipe, loras, log),
+                  "embeddings": add_embeddings(pipe, embeddings, log)}
+    if opts.distillation is None and any("lcm" in lora["name"].lower() for lora in provenance["loras"]):
+        log("an LCM-LoRA is fused: exporting as LCM-distilled (override with --distillation)")
+        opts = dataclasses.replace(opts, distillation="lcm")
     family, distillation = _detect(pipe, source, opts.distillation)
     for part in ("text_encoder", "text_encoder_2", "unet", "vae"):
         if getattr(pipe, part, None) is not None:
@@ -232,7 +237,7 @@ def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         opts = dataclasses.replace(opts, model_id=opts.model_id or _default_model_id(source))
-        manifest = _export_into(pipe, source, staging, family, distillation, opts, log)
+        manifest = _export_into(pipe, source, staging, family, distillation, opts, log, provenance)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -244,11 +249,14 @@ def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log
 
 
 def _default_model_id(source: str) -> str:
-    return Path(source.rstrip("/")).name if Path(source).exists() else source
+    path = Path(source.rstrip("/"))
+    if path.is_file():  # a single-file checkpoint: its name without the suffix
+        return path.stem
+    return path.name if path.exists() else source
 
 
 def _export_into(pipe, source: str, root: Path, family: str, distillation: str, opts: ExportOptions,
-                 log: Callable[[str], None]) -> dict:
+                 log: Callable[[str], None], provenance: dict | None = None) -> dict:
     fp16 = opts.fp16
     tiles = TILE_GRAPHS if opts.seamless else ("none",)
     unet_cfg, vae_cfg = pipe.unet.config, pipe.vae.config
@@ -285,6 +293,8 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
             "max_length": length, "pad_token_id": int(tokenizer.pad_token_id),
             "hidden_size": int(encoder.config.hidden_size), "pooled": pooled,
         })
+        if expansions := token_expansions(tokenizer):  # multi-vector embeddings (absent otherwise)
+            encoder_specs[-1]["token_expansions"] = expansions
 
     context_dim = sum(spec["hidden_size"] for spec in encoder_specs)
     text_length = encoder_specs[0]["max_length"]  # the graph's sequence axis is fixed: trace the real one
@@ -363,6 +373,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         "vae_decoder": {"graphs": by_name["vae_decoder"].files},
         "vae_encoder": {"graphs": by_name["vae_encoder"].files},
         "parity": {name: numbers for graph in graphs for name, numbers in graph.parity.items()},
+        **(provenance or {}),
     }
     if opts.memory_profile:
         manifest["memory"] = profile_package(root, manifest, log)

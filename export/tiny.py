@@ -78,45 +78,53 @@ def _scheduler_config() -> dict:
                 timestep_spacing="leading", steps_offset=1, prediction_type="epsilon")
 
 
-def build_tiny_sd(out_dir: str | Path, seed: int = 0, lcm: bool = False) -> Path:
+def build_tiny_sd(out_dir: str | Path, seed: int = 0, lcm: bool = False, *, sd2: bool = False,
+                  prediction_type: str = "epsilon", inpaint: bool = False) -> Path:
     """A tiny SD 1.x-like pipeline (64x64 images, VAE factor 2), saved with ``save_pretrained``.
 
     With ``lcm=True`` the UNet takes a guidance embedding (``time_cond_proj_dim``), as LCM-distilled
-    models do, and the pipeline is a LatentConsistencyModelPipeline.
+    models do, and the pipeline is a LatentConsistencyModelPipeline. ``sd2=True`` makes it SD 2.x-like
+    (an OpenCLIP-style text encoder whose tokenizer pads with "!", linear attention projections);
+    ``inpaint=True`` gives the 9-channel UNet (latents, mask, masked-image latents) of inpainting models.
     """
     from diffusers import (
         EulerDiscreteScheduler,
         LatentConsistencyModelPipeline,
         LCMScheduler,
+        StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    tokenizer = train_clip_tokenizer(prompt_corpus())
+    tokenizer = train_clip_tokenizer(prompt_corpus(), pad_token="!" if sd2 else "<|endoftext|>")
     text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    sd2_attention = {"attention_head_dim": (2, 4), "use_linear_projection": True} if sd2 else {}
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
+                                in_channels=9 if inpaint else 4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                norm_num_groups=32, time_cond_proj_dim=32 if lcm else None)
+                                norm_num_groups=32, time_cond_proj_dim=32 if lcm else None, **sd2_attention)
     vae = _vae()
+    scheduler_config = {**_scheduler_config(), "prediction_type": prediction_type}
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, safety_checker=None,
+                 feature_extractor=None, requires_safety_checker=False)
     if lcm:
-        pipe = LatentConsistencyModelPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                              scheduler=LCMScheduler(**_scheduler_config()), safety_checker=None,
-                                              feature_extractor=None, requires_safety_checker=False)
+        pipe = LatentConsistencyModelPipeline(scheduler=LCMScheduler(**scheduler_config), **parts)
+    elif inpaint:
+        pipe = StableDiffusionInpaintPipeline(scheduler=EulerDiscreteScheduler(**scheduler_config), **parts)
     else:
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=EulerDiscreteScheduler(**_scheduler_config()), safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(scheduler=EulerDiscreteScheduler(**scheduler_config), **parts)
     out = Path(out_dir)
     pipe.save_pretrained(out)
     return out
 
 
-def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, text_width_2: int = 32) -> Path:
     """A tiny SDXL-like pipeline: two text encoders (the second with projection and "!" padding),
-    pooled embeddings and time ids."""
+    pooled embeddings and time ids. ``text_width_2`` other than 32 gives the encoders different widths,
+    as in the real model (768 and 1280): single-file conversion tells them apart by width."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -125,13 +133,13 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = train_clip_tokenizer(corpus)
     tokenizer_2 = train_clip_tokenizer(corpus, pad_token="!")
     text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tokenizer_2)))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tokenizer_2), hidden=text_width_2))
     unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                                 use_linear_projection=True, addition_embed_type="text_time",
                                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-                                projection_class_embeddings_input_dim=80, cross_attention_dim=64,
+                                projection_class_embeddings_input_dim=80, cross_attention_dim=32 + text_width_2,
                                 norm_num_groups=32)
     pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
@@ -140,6 +148,76 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
     pipe.save_pretrained(out)
     return out
 
+
+
+def _lora_targets(pipe) -> dict[str, dict[str, torch.nn.Module]]:
+    """The layers kohya's trainer puts a LoRA on: every linear (and 1x1 conv) inside the UNet's transformer
+    blocks, and the text encoders' attention and MLP projections."""
+    parts = {"unet": {n: m for n, m in pipe.unet.named_modules() if ".attentions." in n and (
+        isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)))}}
+    for part in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, part, None)
+        if encoder is not None:
+            parts[part] = {n.removeprefix("text_model."): m for n, m in encoder.named_modules()
+                           if n.endswith(("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"))}
+    return parts
+
+
+def write_tiny_lora(pipe, path: str | Path, fmt: str = "kohya", rank: int = 4, alpha: float = 2.0,
+                    seed: int = 0) -> Path:
+    """A LoRA with random low-rank weights for ``pipe``, saved as ``fmt``: "kohya" (Automatic1111 / kohya
+    sd-scripts: ``lora_unet_*`` / ``lora_te*_*`` names, ``lora_down`` / ``lora_up`` / ``alpha``; SDXL UNet
+    layers under their sgm names) or "peft" (diffusers' ``unet.*.lora_A.weight``, scale 1)."""
+    from safetensors.torch import save_file
+
+    from .original_layout import unet_module_to_original
+
+    g = torch.Generator().manual_seed(seed)
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    tensors = {}
+    for part, modules in _lora_targets(pipe).items():
+        for name, module in sorted(modules.items()):
+            conv = isinstance(module, torch.nn.Conv2d)
+            fan_in = module.in_channels if conv else module.in_features
+            fan_out = module.out_channels if conv else module.out_features
+            down = torch.randn(rank, fan_in, generator=g) * 0.1
+            up = torch.randn(fan_out, rank, generator=g) * 0.1
+            if conv:
+                down, up = down[:, :, None, None], up[:, :, None, None]
+            if fmt == "peft":
+                key = f"{part}.{'' if part == 'unet' else 'text_model.'}{name}"
+                tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = down, up
+                continue
+            if part == "unet":
+                layer = unet_module_to_original(name, pipe.unet.config) if sdxl else name
+                key = "lora_unet_" + layer.replace(".", "_")
+            else:
+                te = {"text_encoder": "te1" if sdxl else "te", "text_encoder_2": "te2"}[part]
+                key = f"lora_{te}_text_model_" + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
+            tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def write_tiny_embedding(pipe, path: str | Path, vectors: int = 3, seed: int = 0) -> Path:
+    """A textual-inversion embedding with random vectors for ``pipe``: Automatic1111's ``.pt`` layout
+    (``string_to_param``) for SD, or ``clip_l`` / ``clip_g`` in a ``.safetensors`` for SDXL."""
+    g = torch.Generator().manual_seed(seed)
+    path = Path(path)
+
+    def rows(encoder):
+        return torch.randn(vectors, encoder.config.hidden_size, generator=g) * 0.05
+
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        from safetensors.torch import save_file
+
+        save_file({"clip_l": rows(pipe.text_encoder), "clip_g": rows(pipe.text_encoder_2)}, str(path))
+    else:
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": rows(pipe.text_encoder)},
+                    "name": path.stem, "step": 1000, "sd_checkpoint": "0123abcd", "sd_checkpoint_name": "tiny"}, path)
+    return path
 
 if __name__ == "__main__":
     import argparse

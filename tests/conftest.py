@@ -69,6 +69,59 @@ def tiny_lcm(workdir, tiny_lcm_src) -> Path:
     return _exported(workdir, "tiny-lcm", tiny_lcm_src)
 
 
+# Single-file checkpoints in the original trainers' layout (export/original_layout.py), each written from a tiny
+# diffusers folder that doubles as its --config.
+def _single_file(workdir: Path, name: str, src: Path, suffix: str) -> Path:
+    from aigc_bridge_export.original_layout import save_single_file
+
+    path = workdir / f"{name}{suffix}"
+    if not path.exists():
+        save_single_file(src, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_file(workdir, tiny_sd_src) -> Path:
+    return _single_file(workdir, "tiny-sd1", tiny_sd_src, ".safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2v_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_sd
+
+    return _built(workdir, "tiny-sd2v", build_tiny_sd, sd2=True, prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2v_file(workdir, tiny_sd2v_src) -> Path:
+    return _single_file(workdir, "tiny-sd2v", tiny_sd2v_src, ".ckpt")  # as Lightning saved SD 2.x
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_file_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_sdxl
+
+    # text encoders of two widths, as in SDXL (768 / 1280): the conversion tells them apart by width
+    return _built(workdir, "tiny-sdxl-w48", build_tiny_sdxl, text_width_2=48)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_file(workdir, tiny_sdxl_file_src) -> Path:
+    return _single_file(workdir, "tiny-sdxl", tiny_sdxl_file_src, ".safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_sd
+
+    return _built(workdir, "tiny-inpaint", build_tiny_sd, inpaint=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_file(workdir, tiny_inpaint_src) -> Path:
+    return _single_file(workdir, "tiny-sd1-inpainting", tiny_inpaint_src, ".safetensors")
+
+
 @pytest.fixture(scope="session")
 def sd_pipeline(tiny_sd):
     from aigc_bridge.engine import Pipeline

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelPackageError
@@ -45,6 +45,8 @@ class TextEncoderSpec:
     pad_token_id: int
     hidden_size: int
     pooled: bool  # the graph also returns a pooled embedding (SDXL's second encoder)
+    # multi-vector textual-inversion tokens: "tok" -> "tok tok_1 tok_2", replaced in prompts before tokenising
+    token_expansions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -49,15 +49,19 @@ class GenerationResult:
     provider: str
     timings_ms: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    # what was fused into the model at export: [{name, sha256, weight}] and [{name, sha256, token, vectors}]
+    loras: list[dict] = field(default_factory=list)
+    embeddings: list[dict] = field(default_factory=list)
 
     def image_uint8(self, index: int) -> np.ndarray:
         return np.round(self.images[index] * 255.0).astype(np.uint8)
 
     def metadata(self, index: int) -> dict:
         """What made image ``index``: enough to reproduce it."""
+        adapters = {"loras": self.loras, "embeddings": self.embeddings} if self.loras or self.embeddings else {}
         return {**self.request.to_dict(), "seed": self.seeds[index], "count": 1, "model_id": self.model_id,
-                "model_hash": self.package_hash, "provider": self.provider, "timings_ms": self.timings_ms,
-                "tool_version": __version__}
+                "model_hash": self.package_hash, **adapters, "provider": self.provider,
+                "timings_ms": self.timings_ms, "tool_version": __version__}
 
 
 class Pipeline:
@@ -105,8 +109,8 @@ class Pipeline:
             raise InvalidRequest("CUDA graphs need the CUDA provider", "cuda_graph")
         self._cuda_graph = cuda_graph
         self._encoders = package.text_encoders
-        self._tokenizers = [PromptTokenizer(package.path(e.tokenizer), e.max_length, e.pad_token_id)
-                            for e in self._encoders]
+        self._tokenizers = [PromptTokenizer(package.path(e.tokenizer), e.max_length, e.pad_token_id,
+                                            e.token_expansions) for e in self._encoders]
         self._latent_space = LatentSpace.from_manifest(self.manifest)
         for encoder in self._encoders:
             self._session(encoder.graph)
@@ -293,7 +297,7 @@ class Pipeline:
                    "decode": (t_done - t_denoised) * 1e3, "total": (t_done - t0) * 1e3,
                    "per_step": (t_denoised - t_encoded) * 1e3 / req.steps}
         return GenerationResult(images, seeds, req, m["model_id"], m["package_hash"], self.provider, timings,
-                                notes)
+                                notes, loras=list(m.get("loras") or []), embeddings=list(m.get("embeddings") or []))
 
     def _conditioning(self, req: GenerateRequest, notes: list[str]) -> dict:
         """UNet inputs that do not change across steps, for one image; ``cfg`` says whether the batch

@@ -19,7 +19,10 @@ class Tokens:
 class PromptTokenizer:
     """Pads and truncates exactly as the model's own tokenizer config says (pad id, length)."""
 
-    def __init__(self, path: Path, max_length: int, pad_token_id: int) -> None:
+    def __init__(self, path: Path, max_length: int, pad_token_id: int,
+                 token_expansions: dict[str, str] | None = None) -> None:
+        """``token_expansions`` maps a multi-vector embedding's token to its vector tokens, as the package's
+        manifest lists them."""
         from tokenizers import Tokenizer
 
         try:
@@ -32,8 +35,12 @@ class PromptTokenizer:
         self._tokenizer.enable_truncation(max_length)
         self._tokenizer.enable_padding(length=max_length, pad_id=pad_token_id, pad_token=pad_token)
         self.max_length = max_length
+        self._expansions = dict(token_expansions or {})
+        # the prompt's whole tokenisation (no truncation, no padding) decides what is expanded, as in diffusers
+        self._scanner = Tokenizer.from_file(str(path)) if self._expansions else None
 
     def __call__(self, text: str) -> Tokens:
+        text = self._expand(text)
         encoding = self._tokenizer.encode(text)
         dropped = ""
         if encoding.overflowing:
@@ -45,6 +52,16 @@ class PromptTokenizer:
                 kept_end -= 1  # a word cut inside is quoted whole: it did not reach the model as written
             dropped = text[kept_end:].strip()
         return Tokens(np.array([encoding.ids], dtype=np.int64), dropped)
+
+    def _expand(self, text: str) -> str:
+        """diffusers' ``maybe_convert_prompt``: each multi-vector token the prompt tokenises to is replaced,
+        as text, by all its vector tokens."""
+        if not self._expansions:
+            return text
+        for token in set(self._scanner.encode(text, add_special_tokens=False).tokens):
+            if token in self._expansions:
+                text = text.replace(token, self._expansions[token])
+        return text
 
 
 def truncation_message(what: str, max_length: int, dropped: str) -> str:
