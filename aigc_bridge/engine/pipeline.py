@@ -75,6 +75,8 @@ class Pipeline:
         self.package = package
         self.manifest = package.manifest
         self._providers = choose_providers(provider)
+        self._requested = provider
+        self._upscaler = None
         self._options = ort.SessionOptions()
         on_cpu = self._providers[0] == "CPUExecutionProvider"
         self.memory_budget = memory_limit if memory_limit is not None else (memory.default_budget() if on_cpu
@@ -122,6 +124,16 @@ class Pipeline:
     def provider(self) -> str:
         session = self._session(self.manifest["unet"]["graphs"]["none"])
         return session.get_providers()[0]
+
+    @property
+    def upscaler(self):
+        """The package's own upscaler (``upscaler`` in the manifest: texture-mini's 128 px stage), loaded on first
+        use on the same provider; None when the package ships none."""
+        if self.manifest.get("upscaler") and self._upscaler is None:
+            from ..upscale import Upscaler
+
+            self._upscaler = Upscaler.load(self.package.path(self.manifest["upscaler"]), provider=self._requested)
+        return self._upscaler
 
     def _session(self, graph: str):
         if graph not in self._sessions:
