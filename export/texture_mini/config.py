@@ -120,7 +120,7 @@ class SRConfig(JsonConfig):
     # SRVGGNetCompact (Real-ESRGAN's compact network, one of the architectures spandrel detects)
     features: int = 48
     convs: int = 12
-    steps: int = 6_000
+    steps: int = 3_000
     batch: int = 16
     lr: float = 1e-3
     warmup_steps: int = 200
