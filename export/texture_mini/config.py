@@ -115,10 +115,10 @@ class SRConfig(JsonConfig):
     seed: int = 0
     low_size: int = 32
     scale: int = 4
-    train_images: int = 6_000          # rendered once at 128 px (~40 ms each); rolls and flips augment
+    train_images: int = 4_000          # rendered once at 128 px (~40 ms each); rolls and flips augment
     vae_fraction: float = 0.85         # inputs sent through the base VAE; the rest are plain area reductions
     # SRVGGNetCompact (Real-ESRGAN's compact network, one of the architectures spandrel detects)
-    features: int = 48
+    features: int = 32
     convs: int = 12
     steps: int = 3_000
     batch: int = 16
