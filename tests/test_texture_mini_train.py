@@ -36,7 +36,7 @@ def pipe(run_dir):
 
 def test_package_is_small_and_says_how_it_was_trained(run_dir, pipe):
     package = run_dir / "texture-mini"
-    assert sum(p.stat().st_size for p in package.rglob("*") if p.is_file()) < 30 * 2**20
+    assert sum(p.stat().st_size for p in package.rglob("*") if p.is_file()) < 20 * 2**20
     m = pipe.manifest
     assert m["model_id"] == "texture-mini" and m["native_size"] == [32, 32]
     assert m["recommended"] == {"steps": 4, "guidance": 5.0, "tile": "both"}

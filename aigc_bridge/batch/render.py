@@ -39,7 +39,8 @@ def render_group(pipeline, group: list[Unit], callback: Callable | None = None) 
         metadata = {**result.metadata(i), "batch": unit.provenance()}
         files = build_outputs(result.images[i], metadata, unit.stem, kind=request.kind, pbr=request.pbr,
                               target_size=request.target_size, normal_convention=request.normal_convention,
-                              bit_depth=request.bit_depth, exr=unit.exr)
+                              bit_depth=request.bit_depth, exr=unit.exr,
+                              upscaler=pipeline.upscaler if request.target_size is not None else None)
         info = {"model_id": result.model_id, "model_hash": result.package_hash, "provider": result.provider,
                 "steps": request.steps, "warnings": list(result.warnings)}
         rendered.append(Rendered(unit, files, per_image + time.perf_counter() - t0, info))

@@ -116,9 +116,10 @@ class Worker(threading.Thread):
         # The prompts travel once, in "request": 16 copies of a 100k-character prompt would not fit.
         metadata = [{k: v for k, v in result.metadata(i).items() if k not in _IN_REQUEST}
                     for i in range(len(result.seeds))]
+        upscaler = self.pipeline.upscaler if req.target_size is not None else None  # the model's own, if any
         files = [build_outputs(image, result.metadata(i), _STEM, kind=req.kind, pbr=req.pbr,
                                target_size=req.target_size, normal_convention=req.normal_convention,
-                               bit_depth=req.bit_depth, exr=req.format == "exr")
+                               bit_depth=req.bit_depth, exr=req.format == "exr", upscaler=upscaler)
                  for i, image in enumerate(result.images)]
         png_s = time.perf_counter() - t0
         t = result.timings_ms

@@ -48,6 +48,7 @@ def run_stage(config: SRConfig, base: Path, out: Path, *, quiet: bool = False, a
     from aigc_bridge_export.upscaler_export import attach_upscaler, export_upscaler, load_descriptor
 
     from .loop import Progress
+    from .package import check_size
     from .sr_phase import WEIGHTS, build_sr_data, train_sr
 
     timings: dict[str, float] = {}
@@ -70,6 +71,7 @@ def run_stage(config: SRConfig, base: Path, out: Path, *, quiet: bool = False, a
                                                      "input_size": [config.low_size, config.low_size]}})
     if attach:
         attach_upscaler(base, package, log=log)
+        check_size(base, log)
     timings["export_s"] = time.perf_counter() - t
     append_timings(out, timings, {"sr": sr_seconds(out)})
     log("timings (this session): " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
