@@ -29,7 +29,7 @@ from aigc_bridge.upscale.package import (
     UPSCALER_FORMAT_VERSION,
 )
 
-from .onnx_export import OPSET, ExportError, _export_variant, _Graph, _SharedWeights
+from .onnx_export import OPSET, ExportError, _export_variant, _Graph, _SharedWeights, staged
 
 UPSCALER_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 GRAPH = "upscaler"
@@ -98,17 +98,9 @@ def export_upscaler(source, out_dir: str | Path, *, model_id: str | None = None,
         descriptor, source_name = source, model_id or "module"
     _check(descriptor, Path(source_name).name)
     model = descriptor.model.float().eval()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged(out_dir) as staging:
         manifest = _export_into(descriptor, model, source_name, staging, model_id, seamless, context, extra or {},
                                 log)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log(f"wrote {out_dir} ({manifest['model_id']}: {manifest['architecture']} x{manifest['scale']}, "
         f"tile graphs {sorted(set(manifest['graphs']) - {'none'}) or 'none'})")
     return out_dir

@@ -49,11 +49,12 @@ class TextEncoderSpec:
 
 
 @dataclass(frozen=True)
-class ModelPackage:
+class Package:
+    """A verified package folder and its manifest: what model and upscaler packages have in common."""
+
     root: Path
     manifest: dict
 
-    # Typed views of the manifest fields the runtime uses.
     @property
     def model_id(self) -> str:
         return self.manifest["model_id"]
@@ -61,6 +62,14 @@ class ModelPackage:
     @property
     def package_hash(self) -> str:
         return self.manifest["package_hash"]
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+
+@dataclass(frozen=True)
+class ModelPackage(Package):
+    # Typed views of the manifest fields the runtime uses.
 
     @property
     def family(self) -> str:
@@ -73,9 +82,6 @@ class ModelPackage:
     @property
     def text_encoders(self) -> list[TextEncoderSpec]:
         return [TextEncoderSpec(**spec) for spec in self.manifest["text_encoders"]]
-
-    def path(self, name: str) -> Path:
-        return self.root / name
 
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> ModelPackage:

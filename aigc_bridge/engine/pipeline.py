@@ -22,7 +22,7 @@ from ..request import MAX_SEED, MAX_SIDE, GenerateRequest
 from . import memory
 from .latent_space import LatentSpace
 from .package import ModelPackage
-from .providers import choose_providers, import_onnxruntime
+from .providers import choose_providers, import_onnxruntime, open_session
 from .runner import BoundGraphRunner, CudaGraphRunner, GraphRunner
 from .schedulers import make_scheduler
 from .tokenizer import PromptTokenizer, truncation_message
@@ -137,12 +137,7 @@ class Pipeline:
 
     def _session(self, graph: str):
         if graph not in self._sessions:
-            ort = import_onnxruntime()
-            try:
-                self._sessions[graph] = ort.InferenceSession(str(self.package.path(graph)), self._options,
-                                                             providers=self._providers)
-            except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
-                raise AigcError("model_package", f"cannot load {graph}: {exc}", graph) from None
+            self._sessions[graph] = open_session(self.package.path(graph), self._options, self._providers, graph)
         return self._sessions[graph]
 
     def _runner(self, graph: str, constants: dict[str, np.ndarray] | None = None) -> GraphRunner:

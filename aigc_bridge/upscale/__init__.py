@@ -5,6 +5,6 @@ size (``aigc_bridge.assets.resize.fit``).
 """
 
 from .package import UpscalerPackage
-from .runner import Upscaler, load_upscaler
+from .runner import Upscaler, load_upscaler, own_upscaler
 
-__all__ = ["Upscaler", "UpscalerPackage", "load_upscaler"]
+__all__ = ["Upscaler", "UpscalerPackage", "load_upscaler", "own_upscaler"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.package import UPSCALER_FORMAT, read_manifest, verify_files
+from ..engine.package import UPSCALER_FORMAT, Package, read_manifest, verify_files
 from ..errors import ModelPackageError
 
 UPSCALER_FORMAT_VERSION = 1
@@ -19,24 +19,10 @@ _REQUIRED = {"format": str, "format_version": int, "model_id": str, "architectur
 
 
 @dataclass(frozen=True)
-class UpscalerPackage:
-    root: Path
-    manifest: dict
-
-    @property
-    def model_id(self) -> str:
-        return self.manifest["model_id"]
-
+class UpscalerPackage(Package):
     @property
     def scale(self) -> int:
         return self.manifest["scale"]
-
-    @property
-    def package_hash(self) -> str:
-        return self.manifest["package_hash"]
-
-    def path(self, name: str) -> Path:
-        return self.root / name
 
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> UpscalerPackage:

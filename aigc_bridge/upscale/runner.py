@@ -177,14 +177,9 @@ class Upscaler:
 
     def _session(self, graph: str):
         if graph not in self._sessions:
-            from ..engine.providers import import_onnxruntime
+            from ..engine.providers import open_session
 
-            ort = import_onnxruntime()
-            try:
-                self._sessions[graph] = ort.InferenceSession(str(self.package.path(graph)), self._options,
-                                                             providers=self._providers)
-            except Exception as exc:
-                raise AigcError("model_package", f"cannot load {graph}: {exc}", graph) from None
+            self._sessions[graph] = open_session(self.package.path(graph), self._options, self._providers, graph)
         return self._sessions[graph]
 
 
@@ -225,3 +220,11 @@ def load_upscaler(path: str | Path, **options) -> Upscaler:
             raise InvalidRequest(f"{path} is a text-to-image model without an upscaler of its own", "upscale")
         path = path / manifest["upscaler"]
     return Upscaler.load(path, **options)
+
+
+def own_upscaler(pipeline, request):
+    """The upscaler a request gets without asking: the model's own (``pipeline.upscaler``), for a texture with an
+    engine size. Backdrops are resampled: the model's stage was trained on materials, not skies."""
+    if request.target_size is None or request.kind != "texture":
+        return None
+    return pipeline.upscaler

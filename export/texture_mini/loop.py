@@ -182,3 +182,14 @@ def append_timings(out: Path, timings: dict[str, float], totals: dict[str, float
                     **{k: round(v, 1) for k, v in timings.items()},
                     "training_s_all_sessions": {k: round(v, 1) for k, v in totals.items()}})
     path.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+
+
+def exit_code(run) -> int:
+    """A training command's exit status: 0 when ``run()`` finishes, 130 (after saying how to resume) when a
+    signal stopped it at a checkpoint."""
+    try:
+        run()
+    except Stop as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    return 0

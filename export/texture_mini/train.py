@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 from .config import SRConfig, TrainConfig, preset, sr_preset
-from .loop import append_timings, run_config
+from .loop import append_timings, exit_code, run_config
 
 PACKAGE_DIR, EVAL_FILE, SR_DIR = "texture-mini", "eval.json", "sr"
 _SR_PRESETS = {"smoke": "smoke", "test": "test"}  # the 128 px stage's preset for the base preset (else full)
@@ -126,15 +125,8 @@ def training_seconds(out: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .loop import Stop
-
     args = parse_args(argv)
-    try:
-        run(args)
-    except Stop as stop:
-        print(f"\n{stop}", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

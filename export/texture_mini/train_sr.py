@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .config import SRConfig, sr_preset
-from .loop import append_timings, run_config
+from .loop import append_timings, exit_code, run_config
 
 PACKAGE_DIR = "texture-mini-sr"
 SR_MODEL_ID = "texture-mini-sr"
@@ -89,8 +89,6 @@ def sr_seconds(out: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from .loop import Stop
-
     args = parse_args(argv)
     wanted = sr_preset(args.preset or "full", seed=args.seed, steps=args.steps)
     explicit = bool(args.preset or args.seed is not None or args.steps)
@@ -100,12 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     print(f"texture-mini 128 px stage: seed {config.seed}, {config.steps} steps, {torch.get_num_threads()} threads "
           f"-> {args.out}", file=sys.stderr)
-    try:
-        run_stage(config, args.base, args.out, quiet=args.quiet, attach=args.attach)
-    except Stop as stop:
-        print(f"\n{stop}", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code(lambda: run_stage(config, args.base, args.out, quiet=args.quiet, attach=args.attach))
 
 
 if __name__ == "__main__":
