@@ -500,7 +500,6 @@ def _upscaler(args: argparse.Namespace, source: Path | None):
         return None
     from .progress import ProgressBar
     from .upscale import load_upscaler
-
     from .upscale.runner import DEFAULT_MEMORY_LIMIT
 
     upscaler = load_upscaler(source, provider=args.provider, tile_size=args.tile_size,

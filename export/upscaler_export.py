@@ -31,8 +31,8 @@ from aigc_bridge.upscale.package import (
 
 from .onnx_export import OPSET, ExportError, _export_variant, _Graph, _SharedWeights, staged
 
-UPSCALER_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 GRAPH = "upscaler"
+PROFILE_SIDE = 64  # the memory profile measures up to 4x this side (or 32 MB of arena), as for models' native size
 
 
 class _Upscale(nn.Module):
@@ -160,7 +160,7 @@ def _export_into(descriptor, model: nn.Module, source: str, root: Path, model_id
         "graphs": graph.files, "equivariance": {k: float(v) for k, v in equivariance.items()},
         "tile_graphs_left_out": left_out,
         "context": int(context),
-        "memory": _memory_profile(model, side(32), int(descriptor.scale), root / f"{GRAPH}.weights"),
+        "memory": _memory_profile(root / graph.files["none"], minimum, multiple),
         "parity": graph.parity, **extra,
     }
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
@@ -185,26 +185,19 @@ def _roll_error(path: Path, tile: str, shape: tuple[int, int, int], shift: int, 
     return float(np.max(np.abs(np.roll(y, (dy * scale, shift * scale), axis=(2, 3)) - rolled)))
 
 
-def _memory_profile(model: nn.Module, side: int, scale: int, weights: Path) -> dict:
-    """What the runtime's memory estimate needs: the weights' size and the largest working set of any one layer
-    (its input plus its output, at batch 1) per input pixel, measured with forward hooks at ``side`` px."""
-    peak = [0]
+def _memory_profile(path: Path, minimum: int, multiple: int) -> dict:
+    """The graph's measured arena peak at growing input sizes, as ``memory_profile`` measures every model's
+    graphs (aigc_bridge.engine.memory reads it): here the areas are the input image's, in pixels."""
+    import onnxruntime as ort
 
-    def hook(_module, inputs, output):
-        size = sum(t.numel() for t in inputs if torch.is_tensor(t))
-        size += sum(t.numel() for t in (output if isinstance(output, (tuple, list)) else (output,))
-                    if torch.is_tensor(t))
-        peak[0] = max(peak[0], size)
+    from .memory_profile import METHOD, _profile_graph
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(torch.rand(1, 3, side, side))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {"weights_bytes": weights.stat().st_size, "layer_bytes_per_pixel": round(4 * peak[0] / side**2, 1),
-            "output_bytes_per_pixel": 4 * 3 * scale * scale}
+    start = max(8, minimum)
+    start = -(-start // multiple) * multiple
+    with tempfile.TemporaryDirectory() as scratch:
+        entry = _profile_graph(ort, path, 1, start, PROFILE_SIDE, Path(scratch))
+    return {"method": METHOD, "provider": "CPUExecutionProvider", "graphs": {path.name: entry},
+            "weights_bytes": path.with_suffix(".weights").stat().st_size}
 
 
 def attach_upscaler(model_dir: str | Path, upscaler_dir: str | Path, name: str = "upscaler",

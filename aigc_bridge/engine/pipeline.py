@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import AigcError, Cancelled, InvalidRequest
+from ..errors import Cancelled, InvalidRequest
 from ..request import MAX_SEED, MAX_SIDE, GenerateRequest
 from . import memory
 from .latent_space import LatentSpace

@@ -13,7 +13,6 @@ context around it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,9 +23,6 @@ from ..errors import AigcError, Cancelled, InvalidRequest
 from .package import UpscalerPackage
 
 DEFAULT_MEMORY_LIMIT = 2 * 2**30  # bytes: 1024 -> 4096 px fits (the issue's bound)
-# onnxruntime keeps a few layers' tensors alive at once, plus its arena's slack: measured peak / the largest
-# single layer's working set was 1.3-1.9 on the exported architectures (benchmarks/bench_upscale.py).
-WORKING_SET_FACTOR = 2.0
 MIN_TILE = 32
 UPSCALER_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 
@@ -59,8 +55,12 @@ class Upscaler:
         self._options = ort.SessionOptions()
         self._options.log_severity_level = 3
         self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._options.enable_mem_pattern = False  # as the memory profile was measured (and the engine runs)
         if threads:
             self._options.intra_op_num_threads = threads
+        self._release = ort.RunOptions()  # hand the arena's memory back after each call (tile)
+        if self._providers[0] == "CPUExecutionProvider":
+            self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._sessions: dict[str, object] = {}
         req = self.manifest["size_requirements"]
         self._multiple = max(1, int(req.get("multiple_of", 1)))
@@ -86,10 +86,15 @@ class Upscaler:
     # --- memory ---------------------------------------------------------------------------------------
 
     def estimate_bytes(self, height: int, width: int) -> int:
-        """Peak memory of one graph call on a ``height`` x ``width`` input: weights plus the working set."""
+        """Peak memory of one graph call on a ``height`` x ``width`` input: the weights, the arena peak the
+        exporter measured (interpolated, with the engine's safety factor: aigc_bridge.engine.memory), and the
+        call's input and output arrays."""
+        from ..engine.memory import SAFETY, GraphProfile
+
         mem = self.manifest["memory"]
-        per_pixel = WORKING_SET_FACTOR * mem["layer_bytes_per_pixel"] + mem["output_bytes_per_pixel"] + 12
-        return int(mem["weights_bytes"] + per_pixel * height * width)
+        profile = GraphProfile.from_manifest(mem["graphs"][self.manifest["graphs"]["none"]])
+        arrays = 4 * 3 * height * width * (1 + self.scale * self.scale)
+        return int(mem["weights_bytes"] + SAFETY * profile.peak(height * width, 1) + arrays)
 
     def plan(self, height: int, width: int) -> int | None:
         """The tile size for an image (None: the whole image in one call); refuses what cannot fit."""
@@ -109,13 +114,12 @@ class Upscaler:
             return None
         if self.tile_size:
             tile = self.tile_size
-        else:
-            budget = self.memory_limit - result_bytes
-            mem = self.manifest["memory"]
-            per_pixel = WORKING_SET_FACTOR * mem["layer_bytes_per_pixel"] + mem["output_bytes_per_pixel"] + 12
-            window = math.sqrt(max(0.0, budget - mem["weights_bytes"]) / per_pixel)
-            tile = int(window) - 2 * context
-            tile = tile // self._multiple * self._multiple
+        else:  # the largest tile whose window fits: the estimate grows with the area, so halve until it does
+            tile = max(height, width)
+            while tile > MIN_TILE and (self.estimate_bytes(tile + 2 * context, tile + 2 * context) + result_bytes
+                                       > self.memory_limit):
+                tile = max(MIN_TILE, int(tile / 1.25))
+            tile = max(MIN_TILE, tile // self._multiple * self._multiple)
         needed = self.estimate_bytes(tile + 2 * context, tile + 2 * context) + result_bytes
         if tile < MIN_TILE or needed > self.memory_limit:
             raise InvalidRequest(
@@ -167,7 +171,8 @@ class Upscaler:
         pw = max(self._minimum, -(-w // self._multiple) * self._multiple) - w
         x = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else image
         try:
-            y = self._session(graph).run(None, {"image": np.ascontiguousarray(x.transpose(2, 0, 1)[None])})[0]
+            y = self._session(graph).run(None, {"image": np.ascontiguousarray(x.transpose(2, 0, 1)[None])},
+                                         self._release)[0]
         except AigcError:
             raise
         except Exception as exc:  # onnxruntime's errors are untyped; name the graph and the size
