@@ -130,7 +130,7 @@ def test_the_sidecar_serves_the_default_model(tmp_path, mini):
 
 def test_the_128px_stage_is_sharp_tileable_and_keeps_the_colour(mini):
     """texture-mini's own upscaler (shipped inside its package) against Lanczos resampling of the same 32 px
-    images: far more of real data's fine detail, the colour unchanged, and the wrap still seamless."""
+    images: far more of real data's fine detail, the colour unchanged, and still exactly periodic."""
     from aigc_bridge.assets.resize import resize
     from aigc_bridge.evaluation.colour import colour_name
     from aigc_bridge.evaluation.sharpness import sharpness_ratio
@@ -152,8 +152,10 @@ def test_the_128px_stage_is_sharp_tileable_and_keeps_the_colour(mini):
     sharp_stage, sharp_resampled = sharpness_ratio(stage, real, 16), sharpness_ratio(resampled, real, 16)
     assert sharp_stage > 0.3 and sharp_stage > 4 * sharp_resampled, (sharp_stage, sharp_resampled)
     assert [colour_name(x) for x in stage] == [colour_name(x) for x in small]
-    seams = [seam_ratio(x, axis) for x in stage for axis in (0, 1)]
-    assert float(np.mean(seams)) < 1.6, seams
+    # Tileable: exactly periodic (the seam ratio is no ruler here: these materials' grids start at the border, as
+    # in the data, and the stage sharpens the line that lies on the wrap; the evaluation reports it)
+    rolled = up(np.roll(small[0], (7, 11), axis=(0, 1)), "both")
+    assert np.max(np.abs(np.roll(stage[0], (28, 44), axis=(0, 1)) - rolled)) < 1e-5
 
 
 def test_make_demo_writes_the_sharp_stage(tmp_path):
