@@ -252,10 +252,10 @@ def _generate(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline.load(args.model, provider=args.provider, memory_limit=_memory_limit(args))
     resolved = pipeline.resolve(request)
-    from .upscale import own_upscaler
+    from .upscale.runner import wants_own_upscaler
 
     upscale = args.upscale
-    if upscale is None and own_upscaler(pipeline, resolved) is not None:
+    if upscale is None and wants_own_upscaler(pipeline.manifest, resolved):
         upscale = pipeline.package.root  # the model's own upscaler, with this command's memory options
     upscaler = _upscaler(args, None if upscale is None or str(upscale) == "none" else upscale)
     bar = ProgressBar(resolved.steps, "denoising")

@@ -227,9 +227,12 @@ def load_upscaler(path: str | Path, **options) -> Upscaler:
     return Upscaler.load(path, **options)
 
 
+def wants_own_upscaler(manifest: dict, request) -> bool:
+    """Whether a request gets the model's own upscaler without asking: a texture with an engine size, from a
+    package that ships one. Backdrops are resampled: the model's stage was trained on materials, not skies."""
+    return bool(manifest.get("upscaler")) and request.target_size is not None and request.kind == "texture"
+
+
 def own_upscaler(pipeline, request):
-    """The upscaler a request gets without asking: the model's own (``pipeline.upscaler``), for a texture with an
-    engine size. Backdrops are resampled: the model's stage was trained on materials, not skies."""
-    if request.target_size is None or request.kind != "texture":
-        return None
-    return pipeline.upscaler
+    """``pipeline.upscaler`` where ``wants_own_upscaler``, else None."""
+    return pipeline.upscaler if wants_own_upscaler(pipeline.manifest, request) else None
