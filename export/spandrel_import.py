@@ -35,10 +35,13 @@ def _placeholder() -> None:
 
 def import_spandrel():
     """The spandrel module; raises ImportError with the install command when it is missing."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # missing (ImportError) or a build that does not match torch (RuntimeError)
-        _placeholder()
+    placeholder = False
+    if "spandrel" not in sys.modules:
+        try:
+            import torchvision  # noqa: F401
+        except Exception:  # missing (ImportError) or a build that does not match torch (RuntimeError)
+            _placeholder()
+            placeholder = True
     try:
         import spandrel
     except ImportError as exc:
@@ -46,4 +49,8 @@ def import_spandrel():
             raise ImportError(f"upscaler export needs spandrel ({exc.name} is missing): "
                               "pip install 'aigc-bridge[export]'", name=exc.name) from None
         raise
+    finally:
+        if placeholder:  # spandrel holds what it imported; others must still see that torchvision is absent
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]
     return spandrel
