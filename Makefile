@@ -16,6 +16,7 @@ $(VENV)/.runtime: pyproject.toml
 
 $(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps 'spandrel==0.4.2'  # without torchvision: see pyproject's test extra
 	touch $@
 
 # A tileable PBR texture set from the embedded model (texture-mini, docs/texture-mini.md), upscaled to 256 px.

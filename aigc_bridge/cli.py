@@ -44,8 +44,8 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
 
 def _add_memory_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-limit", type=float, metavar="GB",
-                   help="memory generation may use, in GB (default on the CPU: 85%% of what is free at start); "
-                   "larger requests are refused before they run")
+                   help="memory generation may use, in GB (default on the CPU: 85%% of what is free at start; "
+                   "upscaling: 2); larger requests are refused before they run (upscaling tiles to fit)")
 
 
 def _memory_limit(args: argparse.Namespace) -> int | None:
@@ -55,6 +55,11 @@ def _memory_limit(args: argparse.Namespace) -> int | None:
         raise AigcError("invalid_request", f"--memory-limit must be more than 0 GB, got {args.memory_limit}",
                         "memory_limit")
     return int(args.memory_limit * 1024**3)
+
+
+def _add_upscaler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile-size", type=int, help="tiled upscaling: input pixels per tile (default: the whole image "
+                   "when it fits the memory limit, else the largest tiles that do; 0: never tile)")
 
 
 def _add_client_options(p: argparse.ArgumentParser) -> None:
@@ -82,9 +87,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the sidecar's connection file (endpoint, key, Curve key), as serve writes it")
     gen.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu (with --model)")
     _add_memory_option(gen)
+    gen.add_argument("--upscale", type=Path, metavar="SR", help="upscale with this upscaler package (from "
+                     "`aigc-bridge export MODEL.pth DIR`): to --target-size, else by its scale; `none`: resample "
+                     "only (default: the model's own upscaler, e.g. texture-mini's 128 px stage, for --target-size)")
     _add_client_options(gen)
     _add_generation_options(gen)
+    _add_upscaler_options(gen)
     gen.set_defaults(run=_generate)
+
+    up = sub.add_parser("upscale", help="upscale an image (tileable stays tileable), optionally with PBR maps",
+                        description="Upscale IMAGE with a super-resolution model package. The tiling comes from "
+                        "--tile, else from the image's provenance JSON (IMAGE.json) when there is one, else none.")
+    up.add_argument("image", type=Path, help="PNG or JPEG (alpha is dropped)")
+    up.add_argument("-o", "--output", required=True, type=Path, help="output PNG (or .exr)")
+    up.add_argument("--scale", type=int, required=True, choices=(2, 4), help="the upscaler's factor")
+    up.add_argument("--model", type=Path, metavar="SR", help="upscaler package, or a model package that ships one "
+                    "(default: the shipped texture-mini's x4 stage, made for texture-mini's own images)")
+    up.add_argument("--tile", choices=("none", "both", "x"),
+                    help="which axes wrap (default: from IMAGE.json, else none)")
+    up.add_argument("--pbr", action="store_true", help="also derive normal, roughness, height, AO, ORM at full size")
+    up.add_argument("--normal-convention", choices=("opengl", "directx"), default="opengl")
+    up.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
+    up.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu")
+    _add_memory_option(up)
+    _add_upscaler_options(up)
+    up.set_defaults(run=_upscale)
 
     srv = sub.add_parser("serve", help="run the generation sidecar (ZeroMQ, docs/protocol.md)")
     srv.add_argument("--model", type=Path, help="model package folder to load (default: the shipped texture-mini)")
@@ -146,10 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     from aigc_bridge_export import bench as bench_module  # stdlib-only at import; torch loads when it runs
     from aigc_bridge_export.families import FAMILY_NAMES  # stdlib-only too
 
-    exp = sub.add_parser("export", help="export a model (diffusers folder, hub id, .safetensors / .ckpt) to an "
-                                        "ONNX model package")
+    exp = sub.add_parser("export", help="export a model (diffusers folder, hub id, .safetensors / .ckpt) or an "
+                                        "upscaler (.pth) to an ONNX package")
     exp.add_argument("source", help="diffusers pipeline folder, Hugging Face hub id, or a single-file checkpoint "
-                                    "(.safetensors; .ckpt loads weights-only)")
+                                    "(.safetensors; .ckpt loads weights-only); or an upscaler's weights file (.pth, "
+                                    ".safetensors, ...: any architecture spandrel detects, e.g. Real-ESRGAN)")
     exp.add_argument("out_dir", type=Path)
     exp.add_argument("--config", metavar="DIR",
                      help="single files: a diffusers folder of the same family to take the configs from "
@@ -225,6 +253,9 @@ def _generate(args: argparse.Namespace) -> int:
         raise AigcError("invalid_request", f"output must be a .png or .exr file, got {args.output.name}", "output")
     request = _request_from_args(args)  # validate before loading anything
     if args.endpoint is not None or args.connection_file is not None:
+        if args.upscale is not None:
+            raise AigcError("invalid_request", "--upscale runs in this process; a sidecar upscales with its own "
+                            "model's upscaler for --target-size", "upscale")
         return _generate_remote(args, request)
     from .models import default_model_dir
 
@@ -235,6 +266,12 @@ def _generate(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline.load(args.model, provider=args.provider, memory_limit=_memory_limit(args))
     resolved = pipeline.resolve(request)
+    from .upscale.runner import wants_own_upscaler
+
+    upscale = args.upscale
+    if upscale is None and wants_own_upscaler(pipeline.manifest, resolved):
+        upscale = pipeline.package.root  # the model's own upscaler, with this command's memory options
+    upscaler = _upscaler(args, None if upscale is None or str(upscale) == "none" else upscale)
     bar = ProgressBar(resolved.steps, "denoising")
     interrupted: list[bool] = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
@@ -248,16 +285,16 @@ def _generate(args: argparse.Namespace) -> int:
     for i, path in enumerate(output_paths(args.output, resolved.count)):
         files = write_outputs(result.images[i], result.metadata(i), path, kind=resolved.kind, pbr=resolved.pbr,
                               target_size=resolved.target_size, normal_convention=resolved.normal_convention,
-                              bit_depth=resolved.bit_depth)
+                              bit_depth=resolved.bit_depth, upscaler=upscaler)
         _report(path, [(f.path, f.role, f.colour_space) for f in files], result.seeds[i],
                 f"{files[0].width}x{files[0].height}  {resolved.steps} steps  {result.timings_ms['total']:.0f} ms  "
                 f"({result.provider})")
     return 0
 
 
-def _report(path: Path, files: list[tuple[Path, str, str | None]], seed: int, detail: str) -> None:
+def _report(path: Path, files: list[tuple[Path, str, str | None]], seed: int | None, detail: str) -> None:
     """One line per image, then one indented line per other file of its set (role, colour space)."""
-    print(f"{path}  seed {seed}  {detail}")
+    print(f"{path}  {'' if seed is None else f'seed {seed}  '}{detail}")
     for other, role, colour_space in files:
         if other != path:
             print(f"  {other}  ({role}{', ' + colour_space if colour_space else ''})")
@@ -438,16 +475,102 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .upscale.runner import UPSCALER_SUFFIXES
+
     try:
         from aigc_bridge_export.onnx_export import export_pipeline
+        from aigc_bridge_export.single_file import is_diffusion_checkpoint
     except ImportError as exc:
         raise AigcError("missing_dependency", f"export needs the export extra ({exc.name} is missing): "
                         "pip install 'aigc-bridge[export]'", "export") from None
+    source = Path(args.source)
+    if source.suffix.lower() in UPSCALER_SUFFIXES and source.is_file() and not is_diffusion_checkpoint(source):
+        return _export_upscaler(args)  # one weights file that is not a Stable Diffusion checkpoint: an upscaler
     export_pipeline(args.source, args.out_dir, model_id=args.model_id, fp16=args.fp16,
                     distillation=args.distillation, overwrite=args.overwrite, optimize=args.optimize,
                     seamless=not args.no_seamless, config=args.config, family=args.family, loras=args.lora,
                     embeddings=args.embedding)
     return 0
+
+
+def _export_upscaler(args: argparse.Namespace) -> int:
+    for flag, value in (("--fp16", args.fp16), ("--distillation", args.distillation),
+                        ("--optimize", args.optimize != "none")):
+        if value:
+            raise AigcError("invalid_request", f"{flag} is for diffusers pipelines, not upscalers", flag[2:])
+    try:
+        from aigc_bridge_export.spandrel_import import import_spandrel
+        from aigc_bridge_export.upscaler_export import export_upscaler
+
+        import_spandrel()
+    except ImportError as exc:
+        raise AigcError("missing_dependency", f"upscaler export needs the export extra ({exc.name} is missing): "
+                        "pip install 'aigc-bridge[export]'", "export") from None
+    export_upscaler(args.source, args.out_dir, model_id=args.model_id, seamless=not args.no_seamless,
+                    overwrite=args.overwrite)
+    return 0
+
+
+def _upscaler(args: argparse.Namespace, source: Path | None):
+    """The upscaler ``source`` names (None: none), with the memory options and a progress bar."""
+    if source is None:
+        return None
+    from .progress import ProgressBar
+    from .upscale import load_upscaler
+    from .upscale.runner import DEFAULT_MEMORY_LIMIT
+
+    upscaler = load_upscaler(source, provider=args.provider, tile_size=args.tile_size,
+                             memory_limit=_memory_limit(args) or DEFAULT_MEMORY_LIMIT)
+    bars: list[ProgressBar] = []
+
+    def progress(done: int, total: int) -> None:
+        if total > 1:
+            if not bars:
+                bars.append(ProgressBar(total, "upscaling"))
+            bars[0].update(done)
+            if done == total:
+                bars.pop().close()
+
+    upscaler.progress = progress
+    return upscaler
+
+
+def _upscale(args: argparse.Namespace) -> int:
+    from .assets.outputs import write_outputs
+    from .assets.readers import read_image
+    from .models import default_model_dir
+
+    image = read_image(args.image)
+    source = args.model or default_model_dir()
+    if source is None:
+        raise AigcError("no_model", "no upscaler given and no default model: pass --model SR, an upscaler "
+                        "package made by `aigc-bridge export MODEL.pth DIR`", "model")
+    upscaler = _upscaler(args, source)
+    if upscaler.scale != args.scale:
+        raise AigcError("invalid_request", f"--scale {args.scale}: {upscaler.name} upscales x{upscaler.scale} "
+                        f"only; pass --scale {upscaler.scale}, or an x{args.scale} model with --model", "scale")
+    tile, origin = args.tile, "--tile"
+    if tile is None:
+        tile, origin = _provenance_tile(args.image)
+    metadata = {"tile": tile, "source_image": args.image.name, "width": image.shape[1], "height": image.shape[0]}
+    files = write_outputs(image, metadata, args.output, pbr=args.pbr, normal_convention=args.normal_convention,
+                          bit_depth=args.bit_depth, upscaler=upscaler)
+    _report(files[0].path, [(f.path, f.role, f.colour_space) for f in files], None,
+            f"{files[0].width}x{files[0].height}  {upscaler.name} x{upscaler.scale}  tile {tile} ({origin})")
+    return 0
+
+
+def _provenance_tile(image: Path) -> tuple[str, str]:
+    """The tiling our own provenance JSON beside an image records (``outputs.tile``), else none."""
+    import json
+
+    doc = image.with_suffix(".json")
+    try:
+        data = json.loads(doc.read_text(encoding="utf-8"))
+        tile = data.get("outputs", {}).get("tile") or data.get("tile")
+    except (OSError, ValueError, AttributeError):
+        return "none", "default"
+    return (tile, doc.name) if tile in ("none", "both", "x") else ("none", "default")
 
 
 def _eval(args: argparse.Namespace) -> int:

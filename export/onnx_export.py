@@ -9,13 +9,14 @@ against torch at a shape other than the export sample; a package that fails is n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -233,19 +234,27 @@ def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log
         if getattr(pipe, part, None) is not None:
             getattr(pipe, part).eval()
 
+    with staged(out_dir) as staging:
+        opts = dataclasses.replace(opts, model_id=opts.model_id or _default_model_id(source))
+        manifest = _export_into(pipe, source, staging, family, distillation, opts, log)
+    log(f"wrote {out_dir} ({manifest['model_id']}, package {manifest['package_hash'][:12]})")
+    return out_dir
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir``, renamed into place when the block completes and removed on any
+    error: a package is there whole or not at all."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        opts = dataclasses.replace(opts, model_id=opts.model_id or _default_model_id(source))
-        manifest = _export_into(pipe, source, staging, family, distillation, opts, log, provenance)
+        yield staging
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"wrote {out_dir} ({manifest['model_id']}, package {manifest['package_hash'][:12]})")
-    return out_dir
 
 
 def _default_model_id(source: str) -> str:

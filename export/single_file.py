@@ -82,6 +82,13 @@ def load_source(source: str, *, config: str | None = None, family: str | None = 
     return Source(pipe, source, None)
 
 
+def is_diffusion_checkpoint(path: Path) -> bool:
+    """Whether one weights file holds a Stable Diffusion UNet in the original layout (else it may be an
+    upscaler): read from its tensor names alone (weights-only: a pickle that would run code is refused here,
+    whatever the file turns out to be)."""
+    return _CONV_IN in tensor_shapes(path, "source")
+
+
 def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> Layout:
     """The family's evidence in the tensors, or an error that says what the file holds instead."""
     if _CONV_IN not in shapes:

@@ -36,7 +36,7 @@ def pipe(run_dir):
 
 def test_package_is_small_and_says_how_it_was_trained(run_dir, pipe):
     package = run_dir / "texture-mini"
-    assert sum(p.stat().st_size for p in package.rglob("*") if p.is_file()) < 30 * 2**20
+    assert sum(p.stat().st_size for p in package.rglob("*") if p.is_file()) < 20 * 2**20
     m = pipe.manifest
     assert m["model_id"] == "texture-mini" and m["native_size"] == [32, 32]
     assert m["recommended"] == {"steps": 4, "guidance": 5.0, "tile": "both"}
@@ -44,6 +44,35 @@ def test_package_is_small_and_says_how_it_was_trained(run_dir, pipe):
     assert (config["beta_schedule"], config["beta_start"], config["beta_end"]) == ("linear", 1e-4, 0.02)
     assert config["timestep_spacing"] == "trailing" and m["prediction_type"] == "v_prediction"
     assert m["text_encoders"][0]["max_length"] == 16
+    assert m["upscaler"] == "upscaler" and "upscaler/model.json" in m["files"]  # the 128 px stage ships inside
+    sr = pipe.upscaler
+    assert sr.scale == 4 and sr.manifest["architecture"] == "RealESRGAN Compact"
+    assert sr.manifest["trained_for"] == {"model_id": "texture-mini", "input_size": [32, 32]}
+    assert set(sr.manifest["graphs"]) == {"none", "both", "x"}
+
+
+def test_the_128px_stage_keeps_generated_textures_tileable(pipe, run_dir, tmp_path):
+    """Rolling the 32 px image rolls the 128 px one by 4x as much; `generate --target-size` goes through the stage."""
+    from aigc_bridge.request import GenerateRequest
+
+    from .conftest import cli
+
+    image = pipe.generate(GenerateRequest("red brick wall", seed=1, tile="both")).images[0]
+    up = pipe.upscaler(image, "both")
+    assert up.shape == (128, 128, 3)
+    rolled = pipe.upscaler(np.roll(image, (3, 5), axis=(0, 1)), "both")
+    assert np.max(np.abs(np.roll(up, (12, 20), axis=(0, 1)) - rolled)) < 1e-5
+    out = tmp_path / "wall.png"
+    run = cli("generate", "red brick wall", "--model", str(run_dir / "texture-mini"), "--seed", "1", "--pbr",
+              "--target-size", "256", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    notes = json.loads(out.with_suffix(".json").read_text())["outputs"]["processing"]
+    assert notes[:2] == ["upscaled 32x32 -> 128x128 (texture-mini-sr, x4, tile=both)",
+                         "resampled 128x128 -> 256x256 (Lanczos-3, tile=both)"]
+    run = cli("generate", "red brick wall", "--model", str(run_dir / "texture-mini"), "--seed", "1",
+              "--target-size", "256", "--upscale", "none", "-o", str(out), )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["outputs"]["processing"][0].startswith("resampled 32x32")
 
 
 def test_generated_textures_tile(pipe):
@@ -80,7 +109,7 @@ def test_killed_run_resumes_to_the_same_weights(run_dir, tmp_path, monkeypatch):
     from safetensors.numpy import load_file
 
     original = loop.Progress.update
-    kill_at = {"vae": 3, "unet": 5}
+    kill_at = {"vae": 3, "unet": 5, "sr": 3}
 
     def update(self, loss=None):
         original(self, loss)
@@ -95,16 +124,19 @@ def test_killed_run_resumes_to_the_same_weights(run_dir, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--resume"):
         _train(out)
     assert _train(out, "--resume") == 130        # stopped in the UNet phase
+    assert _train(out, "--resume") == 130        # stopped in the 128 px stage
     assert _train(out, "--resume") == 0
     history = json.loads((out / "timings.json").read_text())
     assert len(history) == 1                     # only the session that finished writes a line ...
     totals = history[0]["training_s_all_sessions"]
-    assert set(totals) == {"vae", "unet"}        # ... but it counts the killed sessions' training too
-    assert totals["vae"] > 0 and totals["unet"] > 0
+    assert set(totals) == {"vae", "unet", "sr"}  # ... but it counts the killed sessions' training too
+    assert totals["vae"] > 0 and totals["unet"] > 0 and totals["sr"] > 0
     for part in ("unet", "text_encoder", "vae"):
         name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
         a, b = load_file(run_dir / part / name), load_file(out / part / name)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), part
+    a, b = (torch.load(d / "sr" / "sr" / "texture-mini-sr.pth") for d in (run_dir, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "sr"
 
 
 def test_circular_vae_encoder_commutes_with_shifts():
@@ -134,4 +166,9 @@ def test_evaluation_runs_on_the_package(run_dir):
     assert 0.5 < report["tileability"]["both"]["mean"] < 2.0
     assert 0.5 < report["tileability"]["real"]["mean"] < 2.0  # periodic data at a random offset: no seam
     assert report["references"]["colour_real"] == 1.0
+    upscaled = report["upscaled"]
+    assert upscaled["size"] == 128 and set(upscaled) >= {"upscaled", "resampled", "real_seam", "pattern_real"}
+    assert upscaled["resampled"]["sharpness"] < 0.2  # resampling adds no detail above the 32 px Nyquist frequency
+    assert 0.5 < upscaled["upscaled"]["seam"]["mean"] < 2.5
     assert "held-out (both sets)" in format_report(report)
+    assert "held-out images at 128 px" in format_report(report)

@@ -29,7 +29,7 @@ from .panorama import (
 from .pbr import DEFAULT_DEPTH, check_convention, normal_from_height, pbr_maps
 from .periodic import wrap_axes
 from .provenance import provenance_bytes
-from .resize import resize
+from .resize import Upscaler, fit
 from .writers import exr_bytes, png_bytes, write_all_atomic
 
 MIN_SIDE = 8
@@ -71,12 +71,14 @@ class OutputFile:
 
 def build_outputs(image: np.ndarray, metadata: dict, name: str, *, kind: str = "texture", pbr: bool = False,
                   target_size: int | None = None, normal_convention: str = "opengl", bit_depth: int = 8,
-                  exr: bool = False) -> list[BuiltOutput]:
+                  exr: bool = False, upscaler: Upscaler | None = None) -> list[BuiltOutput]:
     """Every file of one output set, in memory; the provenance JSON (listing the others) comes last.
 
     ``image`` is H x W x 3 sRGB in [0, 1] (float) or uint8; ``metadata`` is the engine's
     ``GenerationResult.metadata(i)`` (its ``tile`` says which axes wrap); ``name`` is the base file name
-    without suffix. ``target_size`` (engine mode) is the output width, a power of two.
+    without suffix. ``target_size`` (engine mode) is the output width, a power of two. ``upscaler``
+    (``aigc_bridge.upscale.Upscaler``) takes the image there, or by its own scale without ``target_size``;
+    PBR maps are derived afterwards, at the full size.
     """
     start = time.perf_counter()
     pixels = _check(image, metadata, name, kind, pbr, target_size, normal_convention, bit_depth, exr)
@@ -84,10 +86,13 @@ def build_outputs(image: np.ndarray, metadata: dict, name: str, *, kind: str = "
     wrap_axes(tile)  # validates
     notes: list[str] = []
     settings: dict = {"kind": kind, "pbr": pbr, "target_size": target_size, "bit_depth": bit_depth, "exr": exr}
+    if upscaler is not None:
+        settings["upscaler"] = upscaler.describe() if hasattr(upscaler, "describe") else {"model_id": upscaler.name}
     if kind == "texture":
-        files, extra = _texture(pixels, name, tile, pbr, target_size, normal_convention, bit_depth, exr, notes)
+        files, extra = _texture(pixels, name, tile, pbr, target_size, normal_convention, bit_depth, exr, notes,
+                                upscaler)
     else:
-        files, extra = _backdrop(pixels, name, tile, target_size, bit_depth, exr, notes)
+        files, extra = _backdrop(pixels, name, tile, target_size, bit_depth, exr, notes, upscaler)
     settings.update(extra)
     settings["processing"] = notes
     doc_metadata = {**metadata, "assets_ms": round((time.perf_counter() - start) * 1000.0, 1)}
@@ -98,7 +103,7 @@ def build_outputs(image: np.ndarray, metadata: dict, name: str, *, kind: str = "
 
 def write_outputs(image: np.ndarray, metadata: dict, output: str | Path, *, kind: str = "texture",
                   pbr: bool = False, target_size: int | None = None, normal_convention: str = "opengl",
-                  bit_depth: int = 8, exr: bool = False) -> list[OutputFile]:
+                  bit_depth: int = 8, exr: bool = False, upscaler: Upscaler | None = None) -> list[OutputFile]:
     """Write the output set named after ``output`` (``wall.png`` -> wall.png, wall_normal.png, ...,
     wall.json) atomically: on any error no file of the set is left behind. ``.exr`` implies ``exr``."""
     output = Path(output)
@@ -109,7 +114,7 @@ def write_outputs(image: np.ndarray, metadata: dict, output: str | Path, *, kind
         raise InvalidRequest(f"cannot write into {folder}: it is not a folder", "output")
     built = build_outputs(image, metadata, output.stem, kind=kind, pbr=pbr, target_size=target_size,
                           normal_convention=normal_convention, bit_depth=bit_depth,
-                          exr=exr or output.suffix.lower() == ".exr")
+                          exr=exr or output.suffix.lower() == ".exr", upscaler=upscaler)
     paths = write_all_atomic([(folder / b.filename, b.data) for b in built])
     return [OutputFile(p, b.role, b.mime, b.colour_space, b.width, b.height, b.bit_depth)
             for p, b in zip(paths, built)]
@@ -118,16 +123,20 @@ def write_outputs(image: np.ndarray, metadata: dict, output: str | Path, *, kind
 # --- the two kinds ----------------------------------------------------------------------------------------
 
 
-def _texture(image, name, tile, pbr, target_size, convention, bit_depth, exr, notes):
+def _texture(image, name, tile, pbr, target_size, convention, bit_depth, exr, notes, upscaler):
     h, w = image.shape[:2]
+    size: tuple[int | None, int | None] = (None, None)
     if target_size is not None:
         height = target_size * h / w
         if height != int(height) or not is_power_of_two(int(height)) or height > MAX_SIDE:
             raise InvalidRequest(f"target_size {target_size} would make a {target_size}x{height:g} texture from "
                                  f"a {w}x{h} image: the height must be a power of two too, at most {MAX_SIDE} "
                                  f"(use a 1:1, 2:1 or 1:2 ... image)", "target_size")
-        image = resize(image, target_size, int(height), tile)
-        notes.append(f"resampled {w}x{h} -> {target_size}x{int(height)} (Lanczos-3, tile={tile})")
+        size = (target_size, int(height))
+    elif upscaler is not None and max(h, w) * upscaler.scale > MAX_SIDE:
+        raise InvalidRequest(f"upscaling {w}x{h} x{upscaler.scale} would exceed {MAX_SIDE} px", "image")
+    image, done = fit(image, *size, tile, upscaler)
+    notes += done
     files = [_png("image", f"{name}.png", image, SRGB, bit_depth)]
     if exr:
         files.append(_exr("image_linear", f"{name}.exr", srgb_to_linear(image), LINEAR_REC709))
@@ -156,15 +165,16 @@ def _texture(image, name, tile, pbr, target_size, convention, bit_depth, exr, no
     return files, extra
 
 
-def _backdrop(image, name, tile, target_size, bit_depth, exr, notes):
+def _backdrop(image, name, tile, target_size, bit_depth, exr, notes, upscaler):
     check_equirect(image)
     if tile not in ("x", "both"):
         image = close_seam_x(image)
         notes.append("x seam closed by a cross-fade (the image was generated without x wrap)")
     h, w = image.shape[:2]
-    if target_size is not None:
-        image = resize(image, target_size, target_size // 2, "x")
-        notes.append(f"resampled {w}x{h} -> {target_size}x{target_size // 2} (Lanczos-3, wraps on x)")
+    if target_size is None and upscaler is not None and w * upscaler.scale > MAX_SIDE:
+        raise InvalidRequest(f"upscaling {w}x{h} x{upscaler.scale} would exceed {MAX_SIDE} px", "image")
+    image, done = fit(image, target_size, None if target_size is None else target_size // 2, "x", upscaler)
+    notes += done
     image = np.clip(soften_poles(image), 0.0, 1.0)
     notes.append(f"poles softened within {DEFAULT_POLE_CAP_DEGREES:g} degrees (outermost rows = their mean)")
     files = [_png("image", f"{name}.png", image, SRGB, bit_depth)]

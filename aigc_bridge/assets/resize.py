@@ -1,4 +1,5 @@
-"""Sizes engines want: power-of-two resampling that keeps the wrap, and the box mip chain engines build.
+"""Sizes engines want: the one way a generated image reaches its output size (``fit``: an upscaler when one is
+at hand, then resampling), power-of-two resampling that keeps the wrap, and the box mip chain engines build.
 
 Resampling is Lanczos-3 (Pillow, float32 per channel) on a copy padded with the image's own wrapped
 pixels, cropped by Pillow's ``box`` argument: every output pixel sees the neighbours it would see in an
@@ -9,11 +10,46 @@ not wrap are padded symmetrically instead.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 
 from ..errors import InvalidRequest
 from .periodic import wrap_axes
+
+
+class Upscaler(Protocol):
+    """What ``fit`` needs of an upscaler (``aigc_bridge.upscale.Upscaler`` is one): assets never load models."""
+
+    scale: int
+    name: str
+
+    def __call__(self, image: np.ndarray, tile: str = "none") -> np.ndarray: ...
+
+
+def fit(image: np.ndarray, width: int | None, height: int | None, tile: str = "both",
+        upscaler: Upscaler | None = None) -> tuple[np.ndarray, list[str]]:
+    """``image`` at ``width`` x ``height``, and what was done (for the provenance JSON).
+
+    An enlargement goes through ``upscaler`` once when one is given (it adds detail; resampling only
+    interpolates), then Lanczos-3 covers the rest of the way up or down: x4 to 2048 then down to 1024 is
+    sharper than resampling x2. ``width`` None means the upscaler's own scale. Both keep the wrap of ``tile``.
+    """
+    h, w = image.shape[:2]
+    notes: list[str] = []
+    if width is None or height is None:
+        if upscaler is None:
+            return image, notes
+        width, height = w * upscaler.scale, h * upscaler.scale
+    if upscaler is not None and (width > w or height > h):
+        image = upscaler(image, tile)
+        notes.append(f"upscaled {w}x{h} -> {image.shape[1]}x{image.shape[0]} ({upscaler.name}, "
+                     f"x{upscaler.scale}, tile={tile})")
+    ih, iw = image.shape[:2]
+    if (ih, iw) != (height, width):
+        image = resize(image, width, height, tile)
+        notes.append(f"resampled {iw}x{ih} -> {width}x{height} (Lanczos-3, tile={tile})")
+    return image, notes
 
 
 def resize(image: np.ndarray, width: int, height: int, tile: str = "both") -> np.ndarray:

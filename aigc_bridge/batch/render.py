@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ..assets.outputs import BuiltOutput, build_outputs
+from ..upscale import own_upscaler
 from .plan import Unit, group_request
 
 
@@ -39,7 +40,8 @@ def render_group(pipeline, group: list[Unit], callback: Callable | None = None) 
         metadata = {**result.metadata(i), "batch": unit.provenance()}
         files = build_outputs(result.images[i], metadata, unit.stem, kind=request.kind, pbr=request.pbr,
                               target_size=request.target_size, normal_convention=request.normal_convention,
-                              bit_depth=request.bit_depth, exr=unit.exr)
+                              bit_depth=request.bit_depth, exr=unit.exr,
+                              upscaler=own_upscaler(pipeline, request))
         info = {"model_id": result.model_id, "model_hash": result.package_hash, "provider": result.provider,
                 "steps": request.steps, "warnings": list(result.warnings)}
         rendered.append(Rendered(unit, files, per_image + time.perf_counter() - t0, info))

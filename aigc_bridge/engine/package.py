@@ -15,6 +15,7 @@ from ..errors import ModelPackageError
 MANIFEST_NAME = "model.json"
 FORMAT_NAME = "aigc-bridge-model"
 FORMAT_VERSION = 1
+UPSCALER_FORMAT = "aigc-bridge-upscaler"  # an upscaler package (aigc_bridge.upscale): same layout, its own manifest
 FAMILIES = ("sd", "sdxl")
 DISTILLATIONS = ("none", "turbo", "lcm")
 TILE_GRAPHS = ("none", "both", "x")
@@ -50,11 +51,12 @@ class TextEncoderSpec:
 
 
 @dataclass(frozen=True)
-class ModelPackage:
+class Package:
+    """A verified package folder and its manifest: what model and upscaler packages have in common."""
+
     root: Path
     manifest: dict
 
-    # Typed views of the manifest fields the runtime uses.
     @property
     def model_id(self) -> str:
         return self.manifest["model_id"]
@@ -62,6 +64,14 @@ class ModelPackage:
     @property
     def package_hash(self) -> str:
         return self.manifest["package_hash"]
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+
+@dataclass(frozen=True)
+class ModelPackage(Package):
+    # Typed views of the manifest fields the runtime uses.
 
     @property
     def family(self) -> str:
@@ -75,24 +85,11 @@ class ModelPackage:
     def text_encoders(self) -> list[TextEncoderSpec]:
         return [TextEncoderSpec(**spec) for spec in self.manifest["text_encoders"]]
 
-    def path(self, name: str) -> Path:
-        return self.root / name
-
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> ModelPackage:
         """Read and check a package; every problem names the file or manifest field at fault."""
         root = Path(root)
-        manifest_path = root / MANIFEST_NAME
-        if not root.is_dir():
-            raise ModelPackageError(f"model folder {root} does not exist", "model")
-        if not manifest_path.is_file():
-            raise ModelPackageError(
-                f"{manifest_path} is missing: {root} is not an aigc-bridge model package "
-                "(make one with `aigc-bridge export SOURCE OUT_DIR`)", MANIFEST_NAME)
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelPackageError(f"{manifest_path} is not valid JSON: {exc}", MANIFEST_NAME) from None
+        manifest = read_manifest(root)
         _check_manifest(manifest)
         package = cls(root, manifest)
         if verify:
@@ -100,20 +97,46 @@ class ModelPackage:
         return package
 
     def verify(self) -> None:
-        files: dict[str, str] = self.manifest["files"]
-        for name, expected in sorted(files.items()):
-            path = self.root / name
-            if not _inside(self.root, path):
-                raise ModelPackageError(f"manifest lists {name!r}, which is outside the package", "files")
-            if not path.is_file():
-                raise ModelPackageError(f"{path} is missing from the model package", name)
-            actual = sha256_file(path)
-            if actual != expected:
-                raise ModelPackageError(
-                    f"{path} is corrupt: its sha256 is {actual[:16]}..., the manifest says {expected[:16]}... "
-                    "(re-export or re-download the model)", name)
-        if package_hash(files) != self.manifest["package_hash"]:
-            raise ModelPackageError("package_hash does not match the listed files", "package_hash")
+        verify_files(self.root, self.manifest)
+
+
+def read_manifest(root: str | Path) -> dict:
+    """The JSON manifest of a package folder (model or upscaler), or an error naming what is missing."""
+    root = Path(root)
+    manifest_path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ModelPackageError(f"model folder {root} does not exist", "model")
+    if not manifest_path.is_file():
+        raise ModelPackageError(
+            f"{manifest_path} is missing: {root} is not an aigc-bridge model package "
+            "(make one with `aigc-bridge export SOURCE OUT_DIR`)", MANIFEST_NAME)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelPackageError(f"{manifest_path} is not valid JSON: {exc}", MANIFEST_NAME) from None
+    if not isinstance(manifest, dict):
+        raise ModelPackageError("the manifest must be a JSON object", MANIFEST_NAME)
+    return manifest
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """Every listed file is inside the package, present and unchanged, and the package hash matches."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(manifest.get("package_hash"), str):
+        raise ModelPackageError("the manifest needs 'files' and 'package_hash'", "files")
+    for name, expected in sorted(files.items()):
+        path = root / name
+        if not _inside(root, path):
+            raise ModelPackageError(f"manifest lists {name!r}, which is outside the package", "files")
+        if not path.is_file():
+            raise ModelPackageError(f"{path} is missing from the model package", name)
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelPackageError(
+                f"{path} is corrupt: its sha256 is {actual[:16]}..., the manifest says {expected[:16]}... "
+                "(re-export or re-download the model)", name)
+    if package_hash(files) != manifest["package_hash"]:
+        raise ModelPackageError("package_hash does not match the listed files", "package_hash")
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -136,6 +159,9 @@ _REQUIRED = {
 def _check_manifest(m: object) -> None:
     if not isinstance(m, dict):
         raise ModelPackageError("the manifest must be a JSON object", MANIFEST_NAME)
+    if m.get("format") == UPSCALER_FORMAT:
+        raise ModelPackageError("this is an upscaler package, not a text-to-image model: use it with "
+                                "`generate --upscale DIR` or `aigc-bridge upscale IMAGE --model DIR`", "format")
     for key, kind in _REQUIRED.items():
         if key not in m:
             raise ModelPackageError(f"the manifest has no {key!r}", key)
@@ -163,3 +189,5 @@ def _check_manifest(m: object) -> None:
         graphs = m[part].get("graphs")
         if not isinstance(graphs, dict) or "none" not in graphs:
             raise ModelPackageError(f"{part}.graphs must name at least the 'none' graph", f"{part}.graphs")
+    if "upscaler" in m and (not isinstance(m["upscaler"], str) or not m["upscaler"]):
+        raise ModelPackageError("upscaler must name the folder of the package's own upscaler", "upscaler")

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import AigcError, Cancelled, InvalidRequest
+from ..errors import Cancelled, InvalidRequest
 from ..request import MAX_SEED, MAX_SIDE, GenerateRequest
 from . import memory
 from .latent_space import LatentSpace
 from .package import ModelPackage
-from .providers import choose_providers, import_onnxruntime
+from .providers import choose_providers, import_onnxruntime, open_session
 from .runner import BoundGraphRunner, CudaGraphRunner, GraphRunner
 from .schedulers import make_scheduler
 from .tokenizer import PromptTokenizer, truncation_message
@@ -79,6 +79,8 @@ class Pipeline:
         self.package = package
         self.manifest = package.manifest
         self._providers = choose_providers(provider)
+        self._requested = provider
+        self._upscaler = None
         self._options = ort.SessionOptions()
         on_cpu = self._providers[0] == "CPUExecutionProvider"
         self.memory_budget = memory_limit if memory_limit is not None else (memory.default_budget() if on_cpu
@@ -127,14 +129,19 @@ class Pipeline:
         session = self._session(self.manifest["unet"]["graphs"]["none"])
         return session.get_providers()[0]
 
+    @property
+    def upscaler(self):
+        """The package's own upscaler (``upscaler`` in the manifest: texture-mini's 128 px stage), loaded on first
+        use on the same provider; None when the package ships none."""
+        if self.manifest.get("upscaler") and self._upscaler is None:
+            from ..upscale import Upscaler
+
+            self._upscaler = Upscaler.load(self.package.path(self.manifest["upscaler"]), provider=self._requested)
+        return self._upscaler
+
     def _session(self, graph: str):
         if graph not in self._sessions:
-            ort = import_onnxruntime()
-            try:
-                self._sessions[graph] = ort.InferenceSession(str(self.package.path(graph)), self._options,
-                                                             providers=self._providers)
-            except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
-                raise AigcError("model_package", f"cannot load {graph}: {exc}", graph) from None
+            self._sessions[graph] = open_session(self.package.path(graph), self._options, self._providers, graph)
         return self._sessions[graph]
 
     def _runner(self, graph: str, constants: dict[str, np.ndarray] | None = None) -> GraphRunner:

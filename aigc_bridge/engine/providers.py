@@ -56,3 +56,12 @@ def choose_providers(requested: str | None = None) -> list[str]:
         raise InvalidRequest(f"provider {requested} is not available in this onnxruntime; available: "
                              f"{', '.join(available)}{hint}", "provider")
     return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
+
+
+def open_session(path, options, providers: list[str], name: str):
+    """An onnxruntime session for one graph of a package; a graph that does not load is named in the error."""
+    ort = import_onnxruntime()
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+        raise AigcError("model_package", f"cannot load {name}: {exc}", name) from None

@@ -1,6 +1,8 @@
-"""A contact sheet: prompts in, one labelled grid of textures out (the README shows texture-mini's).
+"""A contact sheet: prompts in, one labelled grid of textures out (the README shows texture-mini's); with
+``--upscale``, each texture at its upscaler's size twice, resampled and through the model's upscaler.
 
     python -m aigc_bridge.evaluation.contact_sheet -o docs/images/texture-mini-contact-sheet.png [--model DIR]
+    python -m aigc_bridge.evaluation.contact_sheet --upscale -o docs/images/texture-mini-128.png
 """
 
 from __future__ import annotations
@@ -55,6 +57,42 @@ def contact_sheet(pipeline: Pipeline, prompts: tuple[tuple[str, str, str], ...],
     return np.asarray(sheet)
 
 
+# Prompts for the resampled-vs-upscaled sheet: fine structure (grout, mortar, grain) is where the stage shows.
+UPSCALE_PROMPTS = PROMPTS[:2] + PROMPTS[4:5] + PROMPTS[6:7] + PROMPTS[8:9] + PROMPTS[10:11]
+
+
+def upscale_sheet(pipeline: Pipeline, prompts: tuple[tuple[str, str, str], ...], seed: int, zoom: int = 2,
+                  columns: int = 2) -> np.ndarray:
+    """Per prompt, one 32 px texture brought to the upscaler's size two ways, side by side: Lanczos-3
+    resampling (what `--target-size` did before) and the model's own upscaler; shown at ``zoom`` x (nearest)."""
+    from PIL import Image, ImageDraw
+
+    from ..assets.resize import resize
+
+    upscaler = pipeline.upscaler
+    if upscaler is None:
+        raise SystemExit("this model ships no upscaler")
+    cells = []
+    for prompt, colour, family in prompts:
+        image = pipeline.generate(GenerateRequest(prompt, seed=seed, tile="both")).images[0]
+        size = image.shape[0] * upscaler.scale
+        pair = [np.clip(resize(image, size, size, "both"), 0, 1), upscaler(image, "both")]
+        panels = [Image.fromarray(np.round(x * 255).astype(np.uint8)).resize((size * zoom, size * zoom),
+                                                                             Image.NEAREST) for x in pair]
+        cell = Image.new("RGB", (2 * panels[0].width + 4, panels[0].height + 18), "white")
+        cell.paste(panels[0], (0, 0))
+        cell.paste(panels[1], (panels[0].width + 4, 0))
+        ImageDraw.Draw(cell).text((3, panels[0].height + 3), f"{label(prompt, colour, family)}: resampled | "
+                                  f"{upscaler.name}", fill="black")
+        cells.append(cell)
+    width, height = cells[0].size
+    rows = -(-len(cells) // columns)
+    sheet = Image.new("RGB", (columns * (width + 10) + 10, rows * (height + 10) + 10), "white")
+    for i, cell in enumerate(cells):
+        sheet.paste(cell, (10 + (i % columns) * (width + 10), 10 + (i // columns) * (height + 10)))
+    return np.asarray(sheet)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-o", "--output", type=Path, required=True)
@@ -62,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=int, default=3, help="pixel size of each generated pixel")
     p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--upscale", action="store_true", help="resampled vs the model's upscaler, side by side")
     args = p.parse_args(argv)
     pipeline = Pipeline.load(args.model or default_model_dir(), provider="cpu")
-    write_atomic(args.output, png_bytes(contact_sheet(pipeline, PROMPTS, args.seed, args.scale, args.columns)))
+    sheet = (upscale_sheet(pipeline, UPSCALE_PROMPTS, args.seed) if args.upscale
+             else contact_sheet(pipeline, PROMPTS, args.seed, args.scale, args.columns))
+    write_atomic(args.output, png_bytes(sheet))
     print(args.output)
     return 0
 

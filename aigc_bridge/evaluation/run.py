@@ -96,6 +96,9 @@ def run_eval(model_dir: str | Path, *, seed: int = 0, prompts_per_set: int = 16,
     report["diversity"] = _diversity(all_rows, seed)
     report["references"] = _references(pipe, classifier, size[0], seed, references)
     report["backdrops"] = _backdrops(pipe, size, seed)
+    if pipe.upscaler is not None:
+        log(f"scoring the upscaled held-out images (x{pipe.upscaler.scale})")
+        report["upscaled"] = score_upscaled(pipe.upscaler, held, seed, classifier_per_family, references)
     report["timing"] = {"total_s": round(time.perf_counter() - t0, 1),
                         "per_image_ms": round(1000 * t_gen / max(1, generated), 1), "images": generated}
     return report
@@ -186,6 +189,45 @@ def _references(pipe, classifier: PatternClassifier, size: int, seed: int, count
     return out
 
 
+def score_upscaled(upscaler, rows, seed: int, classifier_per_family: int = 150, references: int = 240) -> dict:
+    """The package's upscaler on the held-out images (tile both), next to the same images resampled (Lanczos-3)
+    to the same size: colour and pattern adherence (a classifier fitted at the upscaled size), the wrap seam
+    ratio (with real data at that size rolled at random: the ruler's spread), and sharpness, the high-frequency
+    energy above the small image's Nyquist frequency relative to real renders of the same specs."""
+    from ..assets.resize import resize
+    from .sharpness import sharpness_ratio
+
+    small = rows[0][2][0].shape[0]
+    size = small * upscaler.scale
+    classifier = PatternClassifier.fit(size=size, per_family=classifier_per_family)
+    rng = np.random.default_rng([seed, 13])
+    upscaled, resampled, real, scored = [], [], [], []
+    for _prompt, spec, images in rows:
+        for image in images:
+            upscaled.append(upscaler(image, "both"))
+            resampled.append(np.clip(resize(image, size, size, "both"), 0.0, 1.0))
+            real.append(render(spec, rng, size))
+            scored.append((_prompt, spec, [None]))
+
+    def adherence(images):
+        return _score([(p, s, [x]) for (p, s, _), x in zip(scored, images)], classifier)
+
+    rolled = [np.roll(x, tuple(rng.integers(size, size=2)), axis=(0, 1)) for x in real]
+    cutoff = small / 2
+    out = {"size": size, "upscaler": upscaler.describe() if hasattr(upscaler, "describe") else upscaler.name}
+    for name, images in (("upscaled", upscaled), ("resampled", resampled)):
+        s = adherence(images)
+        out[name] = {"colour": s["colour"], "pattern": s["pattern"], "per_family": s["per_family"],
+                     "top_confusions": s["top_confusions"],
+                     "sharpness": round(sharpness_ratio(images, real, cutoff), 3),
+                     "seam": _summary([seam_ratio(x, axis) for x in images for axis in (0, 1)])}
+    out["real_seam"] = _summary([seam_ratio(x, axis) for x in rolled for axis in (0, 1)])
+    samples = [sample(seed + 2000, i, "any", size) for i in range(references)]
+    out["pattern_real"] = round(float(np.mean([p == s.spec.family for p, s in
+                                               zip(classifier.predict([s.image for s in samples]), samples)])), 3)
+    return out
+
+
 def _vae_roundtrip(pipe, images: list[np.ndarray]) -> list[np.ndarray] | None:
     import onnxruntime as ort
 
@@ -250,6 +292,15 @@ def format_report(r: dict) -> str:
                  f"{d['real_mean_pairwise_l1']}), distinct pairs {pct(d['distinct_pairs'])}")
     ref = r["references"]
     lines.append("rulers on real data: " + ", ".join(f"{k} {v}" for k, v in ref.items()))
+    if "upscaled" in r:
+        u = r["upscaled"]
+        lines.append(f"held-out images at {u['size']} px (x{u['upscaler']['scale']}), sharpness = high-frequency "
+                     f"energy / real data's, seam = wrap seam ratio (real data rolled: {u['real_seam']['mean']}):")
+        for name in ("upscaled", "resampled"):
+            s = u[name]
+            lines.append(f"  {name:<10} colour {pct(s['colour'])}, pattern {pct(s['pattern'])}, sharpness "
+                         f"{s['sharpness']}, seam {s['seam']['mean']}")
+        lines.append(f"  classifier at {u['size']} px on real images: {pct(u['pattern_real'])}")
     lines.append(f"time: {r['timing']['total_s']} s, {r['timing']['per_image_ms']} ms per image")
     return "\n".join(lines)
 

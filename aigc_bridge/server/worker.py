@@ -17,6 +17,7 @@ import zmq
 from ..assets.outputs import build_outputs
 from ..errors import AigcError, Cancelled
 from ..protocol import error_content
+from ..upscale import own_upscaler
 from .jobs import Job, JobBoard
 from .preview import latent_preview
 
@@ -116,9 +117,10 @@ class Worker(threading.Thread):
         # The prompts travel once, in "request": 16 copies of a 100k-character prompt would not fit.
         metadata = [{k: v for k, v in result.metadata(i).items() if k not in _IN_REQUEST}
                     for i in range(len(result.seeds))]
+        upscaler = own_upscaler(self.pipeline, req)
         files = [build_outputs(image, result.metadata(i), _STEM, kind=req.kind, pbr=req.pbr,
                                target_size=req.target_size, normal_convention=req.normal_convention,
-                               bit_depth=req.bit_depth, exr=req.format == "exr")
+                               bit_depth=req.bit_depth, exr=req.format == "exr", upscaler=upscaler)
                  for i, image in enumerate(result.images)]
         png_s = time.perf_counter() - t0
         t = result.timings_ms

@@ -14,8 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class JsonConfig:
+    """Frozen-dataclass configs that a run writes next to its checkpoints and ``--resume`` compares."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        data = json.loads(text)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
+        return cls(**kwargs)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     seed: int = 0
     image_size: int = 32
     # data
@@ -58,19 +75,6 @@ class TrainConfig:
     sample_steps: int = 20            # what the package recommends
     sample_guidance: float = 5.0
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        data = json.loads(text)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
-        return cls(**kwargs)
-
-    def save(self, path: Path) -> None:
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-
     @property
     def vae_factor(self) -> int:
         return 2 ** (len(self.vae_blocks) - 1)
@@ -98,3 +102,47 @@ def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; one of {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class SRConfig(JsonConfig):
+    """The 128 px stage: a super-resolution network conditioned on the base model's 32 px output
+    (docs/texture-mini.md, "128 px"). Its pairs are real images rendered at ``low_size * scale`` and the same
+    images brought down to ``low_size`` the way the base model makes them (area reduction, then the base
+    package's own VAE round trip), so the network learns to turn what texture-mini draws into what the
+    procedural data looks like at full resolution."""
+
+    seed: int = 0
+    low_size: int = 32
+    scale: int = 4
+    train_images: int = 4_000          # rendered once at 128 px (~40 ms each); rolls and flips augment
+    vae_fraction: float = 0.85         # inputs sent through the base VAE; the rest are plain area reductions
+    # SRVGGNetCompact (Real-ESRGAN's compact network, one of the architectures spandrel detects)
+    features: int = 32
+    convs: int = 12
+    steps: int = 3_000
+    batch: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    spectral_weight: float = 0.5       # radially binned log power spectrum (phase-free: rewards real detail)
+    grad_clip: float = 1.0
+    checkpoint_every_s: float = 120.0
+
+    @property
+    def high_size(self) -> int:
+        return self.low_size * self.scale
+
+
+SR_PRESETS: dict[str, SRConfig] = {
+    "full": SRConfig(),
+    "smoke": SRConfig(train_images=1_200, steps=600, warmup_steps=50, checkpoint_every_s=60.0),
+    "test": SRConfig(train_images=24, steps=6, batch=4, features=8, convs=2, warmup_steps=2,
+                     checkpoint_every_s=0.0),
+}
+
+
+def sr_preset(name: str, **overrides) -> SRConfig:
+    if name not in SR_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; one of {', '.join(SR_PRESETS)}")
+    return dataclasses.replace(SR_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

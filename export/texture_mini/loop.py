@@ -1,11 +1,15 @@
-"""What both training phases share: learning-rate schedule, EMA, atomic checkpoints, a progress bar, and
-turning SIGTERM into a checkpoint-and-stop (so ``kill`` then ``--resume`` loses nothing)."""
+"""What the training phases share: learning-rate schedule, EMA, atomic checkpoints, a progress bar, turning
+SIGTERM into a checkpoint-and-stop (so ``kill`` then ``--resume`` loses nothing), and the run folder's config
+and timings bookkeeping."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -144,3 +148,48 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def run_config(out: Path, wanted, resume: bool, overwrite: bool, explicit: bool, cls):
+    """The run's config: the saved one on ``resume`` (a different explicit one is refused), else ``wanted``
+    saved into a fresh ``out``. Both training commands use it."""
+    saved_path = out / "config.json"
+    if saved_path.is_file():
+        if not resume and not overwrite:
+            raise SystemExit(f"{out} holds a run: pass --resume to continue it or --overwrite to restart")
+        if resume:
+            saved = cls.from_json(saved_path.read_text(encoding="utf-8"))
+            if explicit and saved != wanted:
+                diff = {k: (getattr(saved, k), getattr(wanted, k)) for k in dataclasses.asdict(saved)
+                        if getattr(saved, k) != getattr(wanted, k)}
+                raise SystemExit(f"--resume with different settings than the run in {out}: {diff}")
+            return saved
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise SystemExit(f"{out} exists and is not a texture-mini run; choose an empty folder")
+    elif overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted.save(saved_path)
+    return wanted
+
+
+def append_timings(out: Path, timings: dict[str, float], totals: dict[str, float]) -> None:
+    """Every session's phase times, plus the training phases' totals over all sessions (``timings.json``)."""
+    path = out / "timings.json"
+    history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    history.append({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
+                    **{k: round(v, 1) for k, v in timings.items()},
+                    "training_s_all_sessions": {k: round(v, 1) for k, v in totals.items()}})
+    path.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+
+
+def exit_code(run) -> int:
+    """A training command's exit status: 0 when ``run()`` finishes, 130 (after saying how to resume) when a
+    signal stopped it at a checkpoint."""
+    try:
+        run()
+    except Stop as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    return 0

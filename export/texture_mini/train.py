@@ -3,24 +3,24 @@
     python -m aigc_bridge_export.texture_mini.train --out runs/texture-mini --seed 0
 
 data -> word-level tokenizer -> VAE (+ latents) -> UNet + text encoder -> diffusers pipeline -> ONNX
-package (OUT/texture-mini) -> evaluation (OUT/eval.json). Each phase checkpoints; kill the run and rerun
+package (OUT/texture-mini) -> the 128 px stage (OUT/sr, shipped inside the package; train_sr.py) -> evaluation
+(OUT/eval.json). Each phase checkpoints; kill the run and rerun
 the same command with --resume, and it continues from the last checkpoint with the same batches.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 
-from .config import TrainConfig, preset
+from .config import SRConfig, TrainConfig, preset, sr_preset
+from .loop import append_timings, exit_code, run_config
 
-CONFIG_FILE, PACKAGE_DIR, EVAL_FILE = "config.json", "texture-mini", "eval.json"
+PACKAGE_DIR, EVAL_FILE, SR_DIR = "texture-mini", "eval.json", "sr"
+_SR_PRESETS = {"smoke": "smoke", "test": "test"}  # the 128 px stage's preset for the base preset (else full)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,26 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _config(args: argparse.Namespace) -> TrainConfig:
     wanted = preset(args.preset or "full", seed=args.seed, unet_steps=args.steps, vae_steps=args.vae_steps)
-    saved_path = args.out / CONFIG_FILE
-    if saved_path.is_file():
-        if not args.resume and not args.overwrite:
-            raise SystemExit(f"{args.out} holds a run: pass --resume to continue it or --overwrite to restart")
-        if args.resume:
-            saved = TrainConfig.from_json(saved_path.read_text(encoding="utf-8"))
-            explicit = args.preset or args.seed is not None or args.steps or args.vae_steps
-            if explicit and saved != wanted:
-                diff = {k: (getattr(saved, k), getattr(wanted, k)) for k in dataclasses.asdict(saved)
-                        if getattr(saved, k) != getattr(wanted, k)}
-                raise SystemExit(f"--resume with different settings than the run in {args.out}: {diff}")
-            return saved
-        shutil.rmtree(args.out)
-    elif args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise SystemExit(f"{args.out} exists and is not a texture-mini run; choose an empty folder")
-    elif args.overwrite and args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    wanted.save(saved_path)
-    return wanted
+    explicit = bool(args.preset or args.seed is not None or args.steps or args.vae_steps)
+    return run_config(args.out, wanted, args.resume, args.overwrite, explicit, TrainConfig)
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
@@ -74,6 +56,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     from .loop import Progress
     from .models import build_tokenizer
     from .package import export_package, save_pipeline
+    from .train_sr import run_stage as run_sr_stage
     from .unet_phase import train_unet
     from .vae_phase import encode_latents, train_vae
 
@@ -108,8 +91,14 @@ def run(args: argparse.Namespace, log=print) -> dict:
     package = export_package(config, diffusers_dir, args.out / PACKAGE_DIR, log=log if not args.quiet else
                              (lambda _m: None))
     timings["export_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sr_config = run_config(args.out / SR_DIR, sr_preset(_SR_PRESETS.get(args.preset, "full"), seed=config.seed),
+                           args.resume, True, False, SRConfig)
+    run_sr_stage(sr_config, package, args.out / SR_DIR, quiet=args.quiet, attach=True,
+                 log=log if not args.quiet else (lambda _m: None))
+    timings["sr_stage_s"] = time.perf_counter() - t
     totals = training_seconds(args.out)
-    _append_timings(args.out, timings, totals)
+    append_timings(args.out, timings, totals)
     log("timings (this session): " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     log("training time over all sessions: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in totals.items()))
     if args.no_eval:
@@ -125,33 +114,19 @@ def run(args: argparse.Namespace, log=print) -> dict:
 def training_seconds(out: Path) -> dict[str, float]:
     """Seconds each training phase has run, summed over every session that resumed it (the checkpoints
     carry the count; time after a phase's last checkpoint in a killed session is redone, so counted once)."""
-    from . import unet_phase, vae_phase
+    from . import sr_phase, unet_phase, vae_phase
     from .loop import load
 
-    return {phase: float(load(out / module.CHECKPOINT)["seconds"])
-            for phase, module in (("vae", vae_phase), ("unet", unet_phase)) if (out / module.CHECKPOINT).is_file()}
-
-
-def _append_timings(out: Path, timings: dict[str, float], totals: dict[str, float]) -> None:
-    """Every session's phase times, plus the training phases' totals over all sessions."""
-    path = out / "timings.json"
-    history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    history.append({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
-                    **{k: round(v, 1) for k, v in timings.items()},
-                    "training_s_all_sessions": {k: round(v, 1) for k, v in totals.items()}})
-    path.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+    totals = {phase: float(load(out / module.CHECKPOINT)["seconds"])
+              for phase, module in (("vae", vae_phase), ("unet", unet_phase)) if (out / module.CHECKPOINT).is_file()}
+    if (out / SR_DIR / sr_phase.CHECKPOINT).is_file():
+        totals["sr"] = float(load(out / SR_DIR / sr_phase.CHECKPOINT)["seconds"])
+    return totals
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .loop import Stop
-
     args = parse_args(argv)
-    try:
-        run(args)
-    except Stop as stop:
-        print(f"\n{stop}", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":
