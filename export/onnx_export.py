@@ -236,7 +236,7 @@ def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log
 
     with staged(out_dir) as staging:
         opts = dataclasses.replace(opts, model_id=opts.model_id or _default_model_id(source))
-        manifest = _export_into(pipe, source, staging, family, distillation, opts, log)
+        manifest = _export_into(pipe, source, staging, family, distillation, opts, log, provenance)
     log(f"wrote {out_dir} ({manifest['model_id']}, package {manifest['package_hash'][:12]})")
     return out_dir
 
