@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import AigcError
-from .request import SCHEDULERS
+from .request import FLOW_SCHEDULERS, SCHEDULERS
 
 NO_MODEL_HELP = (
     "no model given and no default model (AIGC_BRIDGE_MODEL=none, or texture-mini is not installed): pass "
@@ -30,7 +30,7 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="image height in pixels")
     p.add_argument("--tile", choices=("none", "both", "x"),
                    help="seamless: both = tileable texture, x = wraps horizontally (360-degree panorama)")
-    p.add_argument("--scheduler", choices=SCHEDULERS,
+    p.add_argument("--scheduler", choices=SCHEDULERS + FLOW_SCHEDULERS,
                    help="default: the model's own (dpmpp_2m follows its config; dpmpp_2m_karras forces Karras sigmas)")
     p.add_argument("--count", type=int, default=1, help="images (seeds seed, seed+1, ...)")
     p.add_argument("--kind", choices=("texture", "backdrop"), default="texture",

@@ -20,6 +20,8 @@ NORMAL_CONVENTIONS = ("opengl", "directx")
 BIT_DEPTHS = (8, 16)
 # dpmpp_2m follows the model's config (Karras sigmas only where it asks); dpmpp_2m_karras forces them.
 SCHEDULERS = ("euler", "euler_a", "ddim", "pndm", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
+# Flow-matching models (SD 3 / 3.5, FLUX.1) predict a velocity: they take these, and only these.
+FLOW_SCHEDULERS = ("flow_euler",)
 
 MAX_SIDE = 4096
 MAX_STEPS = 500
@@ -125,7 +127,7 @@ class GenerateRequest:
             if not (-math.inf < self.guidance < math.inf) or not 0.0 <= self.guidance <= MAX_GUIDANCE:
                 raise InvalidRequest(f"guidance must be between 0 and {MAX_GUIDANCE}, got {self.guidance}",
                                      "guidance")
-        _check_choice("scheduler", self.scheduler, SCHEDULERS, optional=True)
+        _check_choice("scheduler", self.scheduler, SCHEDULERS + FLOW_SCHEDULERS, optional=True)
         _check_choice("tile", self.tile, TILE_MODES, optional=True)
         _check_choice("kind", self.kind, KINDS)
         _check_choice("format", self.format, FORMATS)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest, ModelPackageError
-from ..request import SCHEDULERS
+from ..request import FLOW_SCHEDULERS, SCHEDULERS
 
 _ONE = np.float32(1.0)
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
@@ -785,9 +785,13 @@ def make_scheduler(name: str, config: dict) -> Scheduler:
     scheduler reads only the keys it knows and defaults the rest, including the keys diffusers recorded in
     ``_use_default_values`` (never set by the model's author).
     """
+    if name in FLOW_SCHEDULERS:
+        from .flow_match import FlowMatchEulerScheduler
+
+        return FlowMatchEulerScheduler(config)
     factory = _FACTORIES.get(name) if isinstance(name, str) else None
     if factory is None:
-        raise InvalidRequest(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}",
+        raise InvalidRequest(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS + FLOW_SCHEDULERS)}",
                              "scheduler")
     return factory(config)
 
@@ -801,4 +805,5 @@ def scheduler_for_class(class_name: str, config: dict) -> str | None:
         cfg = _read_config(config, {"algorithm_type": "dpmsolver++", "solver_order": 2})
         return "dpmpp_2m" if (cfg["algorithm_type"], cfg["solver_order"]) == ("dpmsolver++", 2) else None
     return {"EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler_a",
-            "DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm"}.get(class_name)
+            "DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm",
+            "FlowMatchEulerDiscreteScheduler": "flow_euler"}.get(class_name)
