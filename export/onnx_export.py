@@ -192,6 +192,8 @@ class ExportOptions:
     optimize: str = "none"      # onnxruntime transformer-optimizer fusions for the CPU or the (CUDA) GPU
     recommended: dict | None = None
     memory_profile: bool = True  # measure each graph's working memory (the runtime refuses what cannot fit)
+    t5: bool = True              # SD 3: export its T5 encoder (without: zeros for T5's tokens, as diffusers)
+    t5_max_length: int | None = None  # T5 tokens (default: the family's, SD 3 256, FLUX.1 512)
 
     def __post_init__(self) -> None:
         if self.optimize not in OPTIMIZE_TARGETS:
@@ -222,8 +224,19 @@ def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log
     else:
         loaded = load_source(str(source), config=config, family=family, log=log)
         pipe, source, source_file = loaded.pipe, loaded.name, loaded.source_file
+    from .dit_export import dit_family, export_dit
+
+    if dit_family(pipe) is not None:  # SD 3 / 3.5, FLUX.1: transformer families
+        if loras or embeddings:
+            raise ExportError("LoRAs and embeddings are not supported for transformer models yet", "lora")
+        with staged(out_dir) as staging:
+            opts = dataclasses.replace(opts, model_id=opts.model_id or _default_model_id(source))
+            manifest = export_dit(pipe, source, staging, opts, log, {"source_file": source_file, "loras": [],
+                                                                     "embeddings": []})
+        log(f"wrote {out_dir} ({manifest['model_id']}, package {manifest['package_hash'][:12]})")
+        return out_dir
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
-        raise ExportError(f"{source} is not a UNet text-to-image pipeline ({type(pipe).__name__})", "source")
+        raise ExportError(f"{source} is not a UNet or DiT text-to-image pipeline ({type(pipe).__name__})", "source")
     provenance = {"source_file": source_file, "loras": fuse_loras(pipe, loras, log),
                   "embeddings": add_embeddings(pipe, embeddings, log)}
     if opts.distillation is None and any("lcm" in lora["name"].lower() for lora in provenance["loras"]):
@@ -530,6 +543,8 @@ def _check_parity(graph: _Graph, path: Path, fp16: bool, optimize: str = "none")
 
     b, h, w = graph.check_shape
     inputs = graph.make_inputs(1234, b, h, w)
+    # the exporter restores the wrapper's (training) mode on every submodule: T5's dropout would then be on
+    graph.module.eval()
     expected = graph.module(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
     options = ort.SessionOptions()

@@ -150,6 +150,97 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, text_width_2: int = 32) 
 
 
 
+def train_t5_tokenizer(corpus: Iterable[str]):
+    """A T5-style tokenizer (sentencepiece Unigram, "▁" word marks; pad 0, eos 1, unk 2, as T5's) for ``corpus``:
+    every corpus word is one piece, any other text falls back to single characters. SD 3 and FLUX.1 use T5 v1.1
+    XXL's; no download is possible here. (Unigram training on so small a corpus learns few whole words.)"""
+    from transformers import T5TokenizerFast
+
+    words = sorted({word for line in corpus for word in line.split()})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + word, -3.0 - 0.01 * i) for i, word in enumerate(words)]
+    vocab += [(ch, -8.0) for ch in _ALPHABET] + [("\u2581" + ch, -7.0) for ch in _ALPHABET]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.;:!?'-"
+
+
+def _t5(vocab_size: int, d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                   is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1,
+                                   decoder_start_token_id=0))
+
+
+def _flow_vae(scaling: float, shift: float):
+    """A tiny VAE with the flow models' 16 latent channels and no quant convs (SD 3 / FLUX.1 VAEs)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=16,
+                         sample_size=64, norm_num_groups=32, scaling_factor=scaling, shift_factor=shift,
+                         use_quant_conv=False, use_post_quant_conv=False)
+
+
+def build_tiny_sd3(out_dir: str | Path, seed: int = 0, t5: bool = True, layers: int = 1) -> Path:
+    """A tiny SD 3 / 3.5-like pipeline: MMDiT (patch 2, 16 latent channels), two CLIP encoders with projection
+    (the second pads with "!"), a T5 encoder (left out with ``t5=False``), flow-matching Euler with shift 3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    corpus = prompt_corpus()
+    tokenizer, tokenizer_2 = train_clip_tokenizer(corpus), train_clip_tokenizer(corpus, pad_token="!")
+    text_encoder = CLIPTextModelWithProjection(_text_config(len(tokenizer)))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tokenizer_2)))
+    tokenizer_3 = train_t5_tokenizer(corpus) if t5 else None
+    text_encoder_3 = _t5(len(tokenizer_3), 64) if t5 else None
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, out_channels=16,
+                                        num_layers=layers, attention_head_dim=8, num_attention_heads=4,
+                                        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+                                        pos_embed_max_size=64)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=_flow_vae(1.5305, 0.0609), text_encoder=text_encoder, tokenizer=tokenizer,
+                                    text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                                    text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+    out = Path(out_dir)
+    pipe.save_pretrained(out)
+    return out
+
+
+def build_tiny_flux(out_dir: str | Path, seed: int = 0, dev: bool = False, layers: int = 1) -> Path:
+    """A tiny FLUX.1-like pipeline: the Flux transformer (packed 2x2 latents, RoPE over image and text ids; a
+    guidance embedding with ``dev=True``, none for schnell), CLIP (pooled) + T5, the dev or schnell scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    corpus = prompt_corpus()
+    tokenizer = train_clip_tokenizer(corpus)
+    tokenizer_2 = train_t5_tokenizer(corpus)
+    text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
+    text_encoder_2 = _t5(len(tokenizer_2), 32)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, out_channels=None, num_layers=layers,
+                                         num_single_layers=layers, attention_head_dim=16, num_attention_heads=2,
+                                         joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=dev,
+                                         axes_dims_rope=(4, 6, 6))
+    if dev:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=_flow_vae(0.3611, 0.1159),
+                        text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                        tokenizer_2=tokenizer_2)
+    out = Path(out_dir)
+    pipe.save_pretrained(out)
+    return out
+
+
 def _lora_targets(pipe) -> dict[str, dict[str, torch.nn.Module]]:
     """The layers kohya's trainer puts a LoRA on: every linear (and 1x1 conv) inside the UNet's transformer
     blocks, and the text encoders' attention and MLP projections."""
@@ -224,10 +315,14 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="build a tiny random-weight diffusers pipeline from configs")
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--family", choices=("sd", "sdxl", "lcm"), default="sd")
+    parser.add_argument("--family", choices=("sd", "sdxl", "lcm", "sd3", "flux-schnell", "flux-dev"), default="sd")
     args = parser.parse_args()
     if args.family == "sdxl":
         build_tiny_sdxl(args.out_dir)
+    elif args.family == "sd3":
+        build_tiny_sd3(args.out_dir)
+    elif args.family.startswith("flux"):
+        build_tiny_flux(args.out_dir, dev=args.family == "flux-dev")
     else:
         build_tiny_sd(args.out_dir, lcm=args.family == "lcm")
     print(args.out_dir)

@@ -24,12 +24,12 @@ def _built(workdir: Path, name: str, build, **kwargs) -> Path:
     return src
 
 
-def _exported(workdir: Path, name: str, src: Path) -> Path:
+def _exported(workdir: Path, name: str, src: Path, **options) -> Path:
     from aigc_bridge_export.onnx_export import export_pipeline
 
     out = workdir / f"{name}-onnx"
     if not out.exists():
-        export_pipeline(src, out, model_id=name, log=lambda _msg: None)
+        export_pipeline(src, out, model_id=name, log=lambda _msg: None, **options)
     return out
 
 
@@ -120,6 +120,53 @@ def tiny_inpaint_src(workdir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_inpaint_file(workdir, tiny_inpaint_src) -> Path:
     return _single_file(workdir, "tiny-sd1-inpainting", tiny_inpaint_src, ".safetensors")
+
+
+# Transformer (DiT) families: T5 reads 96 tokens in the tiny packages (the real default is 256 / 512), more than
+# CLIP's 77 as in the real models.
+DIT_T5_LENGTH = 96
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_sd3
+
+    return _built(workdir, "tiny-sd3", build_tiny_sd3)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(workdir, tiny_sd3_src) -> Path:
+    return _exported(workdir, "tiny-sd3", tiny_sd3_src, t5_max_length=DIT_T5_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_no_t5(workdir, tiny_sd3_src) -> Path:
+    """The same model exported without its T5 encoder (--no-t5)."""
+    return _exported(workdir, "tiny-sd3-no-t5", tiny_sd3_src, t5=False, t5_max_length=DIT_T5_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dev_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_flux
+
+    return _built(workdir, "tiny-flux-dev", build_tiny_flux, dev=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dev(workdir, tiny_flux_dev_src) -> Path:
+    return _exported(workdir, "tiny-flux-dev", tiny_flux_dev_src, t5_max_length=DIT_T5_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_flux
+
+    return _built(workdir, "tiny-flux-schnell", build_tiny_flux, dev=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell(workdir, tiny_flux_schnell_src) -> Path:
+    return _exported(workdir, "tiny-flux-schnell", tiny_flux_schnell_src, t5_max_length=DIT_T5_LENGTH)
 
 
 @pytest.fixture(scope="session")

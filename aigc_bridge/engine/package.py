@@ -16,7 +16,8 @@ MANIFEST_NAME = "model.json"
 FORMAT_NAME = "aigc-bridge-model"
 FORMAT_VERSION = 1
 UPSCALER_FORMAT = "aigc-bridge-upscaler"  # an upscaler package (aigc_bridge.upscale): same layout, its own manifest
-FAMILIES = ("sd", "sdxl")
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
+DIT_FAMILIES = ("sd3", "flux")  # transformer denoisers: flow matching, latent-space tiling
 DISTILLATIONS = ("none", "turbo", "lcm")
 TILE_GRAPHS = ("none", "both", "x")
 
@@ -48,6 +49,8 @@ class TextEncoderSpec:
     pooled: bool  # the graph also returns a pooled embedding (SDXL's second encoder)
     # multi-vector textual-inversion tokens: "tok" -> "tok tok_1 tok_2", replaced in prompts before tokenising
     token_expansions: dict[str, str] = field(default_factory=dict)
+    role: str = "clip"     # clip / clip_l / clip_g / t5: how a family combines its encoders
+    optional: bool = False  # may be left out to save memory (SD 3's T5: its tokens are then zeros)
 
 
 @dataclass(frozen=True)
@@ -178,13 +181,13 @@ def _check_manifest(m: object) -> None:
     if m["distillation"] not in DISTILLATIONS:
         raise ModelPackageError(
             f"unknown distillation {m['distillation']!r}; known: {', '.join(DISTILLATIONS)}", "distillation")
-    if m["prediction_type"] not in ("epsilon", "v_prediction", "sample"):
+    if m["prediction_type"] not in ("epsilon", "v_prediction", "sample", "flow"):
         raise ModelPackageError(f"unknown prediction_type {m['prediction_type']!r}", "prediction_type")
-    expected_encoders = 2 if m["family"] == "sdxl" else 1
-    if len(m["text_encoders"]) != expected_encoders:
+    expected_encoders = {"sdxl": (2,), "sd3": (2, 3), "flux": (2,)}.get(m["family"], (1,))
+    if len(m["text_encoders"]) not in expected_encoders:
         raise ModelPackageError(
-            f"family {m['family']} needs {expected_encoders} text encoder(s), the manifest lists "
-            f"{len(m['text_encoders'])}", "text_encoders")
+            f"family {m['family']} needs {' or '.join(map(str, expected_encoders))} text encoder(s), the manifest "
+            f"lists {len(m['text_encoders'])}", "text_encoders")
     for part in ("unet", "vae_decoder"):
         graphs = m[part].get("graphs")
         if not isinstance(graphs, dict) or "none" not in graphs:

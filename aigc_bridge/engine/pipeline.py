@@ -7,7 +7,6 @@ stop the run, which is how the sidecar streams progress and honours cancel withi
 from __future__ import annotations
 
 import dataclasses
-import math
 import secrets
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from .. import __version__
 from ..errors import Cancelled, InvalidRequest
 from ..request import MAX_SEED, MAX_SIDE, GenerateRequest
 from . import memory
+from .families import UNetParts, parts_for
 from .latent_space import LatentSpace
 from .package import ModelPackage
 from .providers import choose_providers, import_onnxruntime, open_session
@@ -130,6 +130,13 @@ class Pipeline:
         return session.get_providers()[0]
 
     @property
+    def parts(self) -> UNetParts:
+        """The model family's parts of the loop (engine/families.py): text encoding, schedule, denoiser call."""
+        if getattr(self, "_parts", None) is None:
+            self._parts = parts_for(self)
+        return self._parts
+
+    @property
     def upscaler(self):
         """The package's own upscaler (``upscaler`` in the manifest: texture-mini's 128 px stage), loaded on first
         use on the same provider; None when the package ships none."""
@@ -193,9 +200,8 @@ class Pipeline:
             if value % multiple:
                 lower, upper = max(multiple, value // multiple * multiple), (value // multiple + 1) * multiple
                 raise InvalidRequest(
-                    f"{name} {value} is not a multiple of {multiple}, which this model needs (its latents "
-                    f"are 1/{m['vae_scale_factor']} of the image and its UNet halves them "
-                    f"{int(math.log2(multiple // m['vae_scale_factor']))} times); try {lower} or {upper}", name)
+                    f"{name} {value} is not a multiple of {multiple}, which this model needs "
+                    f"({self.parts.size_reason()}); try {lower} or {upper}", name)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - request.count)
         tile = request.tile or ("x" if request.kind == "backdrop" else recommended.get("tile", "none"))
         if tile not in m["unet"]["graphs"] or tile not in m["vae_decoder"]["graphs"]:
@@ -206,12 +212,13 @@ class Pipeline:
             steps=request.steps or recommended["steps"],
             guidance=request.guidance if request.guidance is not None else recommended["guidance"],
             scheduler=request.scheduler or m["scheduler"]["default"], tile=tile)
+        self.parts.check(resolved)
         self._check_memory(resolved)
         return resolved
 
     def _uses_cfg(self, req: GenerateRequest) -> bool:
         """Classifier-free guidance: the UNet sees [unconditional, conditional], twice the batch."""
-        return req.guidance > 1.0 and not self.manifest["unet"].get("timestep_cond_dim", 0)
+        return self.parts.uses_cfg(req)
 
     def memory_estimate(self, req: GenerateRequest) -> memory.Estimate | None:
         """The peak a resolved request holds, from the package's memory profile (None without one)."""
@@ -258,7 +265,7 @@ class Pipeline:
         count, factor = req.count, m["vae_scale_factor"]
         h, w = req.height // factor, req.width // factor
         scheduler = make_scheduler(req.scheduler, m["scheduler"]["config"])
-        scheduler.set_timesteps(req.steps)
+        self.parts.set_timesteps(scheduler, req.steps, h, w)
         seeds = [req.seed + i for i in range(count)]
         rngs = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
         shape = (m["latent_channels"], h, w)
@@ -269,13 +276,14 @@ class Pipeline:
         latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
 
         notes: list[str] = []
-        cond = self._conditioning(req, notes)
+        cond = self.parts.conditioning(req, notes)
         t_encoded = time.perf_counter()
 
         cfg = cond.pop("cfg")
         batch = count * (2 if cfg else 1)
         constants = {k: np.repeat(v, count, axis=0) for k, v in cond.items()}
-        unet = self._unet_runner(m["unet"]["graphs"][req.tile], constants, (batch, *shape))
+        unet = self.parts.denoiser(self._unet_runner(m["unet"]["graphs"][req.tile], constants, (batch, *shape)), req,
+                                   seeds)
         for i, t in enumerate(scheduler.timesteps):
             model_in = np.concatenate([latents, latents]) if cfg else latents
             model_in = scheduler.scale_model_input(model_in, i)
