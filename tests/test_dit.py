@@ -96,7 +96,8 @@ def test_guidance_on_schnell_is_refused(tiny_flux_schnell):
 def test_size_not_a_multiple_of_the_patch(tiny_sd3, tiny_flux_dev):
     for path in (tiny_sd3, tiny_flux_dev):
         pipe = Pipeline.load(path, provider="cpu")
-        with pytest.raises(InvalidRequest, match=r"width 66 is not a multiple of 4.*2x2 latent patches.*64 or 68") as info:
+        with pytest.raises(InvalidRequest, match=r"width 66 is not a multiple of 4.*2x2 latent patches.*64 or 68") \
+                as info:
             pipe.resolve(GenerateRequest(PROMPT, width=66, height=64))
         assert info.value.field == "width"
 
