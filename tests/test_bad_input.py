@@ -44,9 +44,9 @@ def test_missing_manifest_and_folder(tmp_path):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("family", "sd3", "unknown model family 'sd3'"),
+    ("family", "sd4", "unknown model family 'sd4'"),
     ("format_version", 99, "newer than this aigc-bridge"),
-    ("prediction_type", "flow", "unknown prediction_type"),
+    ("prediction_type", "x0-flow", "unknown prediction_type"),
 ])
 def test_bad_manifest_fields(package_copy, key, value, message):
     path = package_copy / "model.json"
