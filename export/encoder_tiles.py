@@ -149,11 +149,25 @@ def circular_variant(model: onnx.ModelProto, mode: str, base_dir: Path) -> onnx.
                 attrs["pads"].ints.extend(keep)
         nodes.append(node)
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(_prune(nodes, {o.name for o in graph.output}))
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     for output in graph.output:
         if output.name in renamed:
             raise ExportError("a padding feeds the graph output directly", output.name)
     return out
+
+
+def _prune(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """Drop the nodes nothing reads any more (what computed the replaced Pads' amounts)."""
+    while True:
+        used = outputs | {name for node in nodes for name in node.input}
+        kept = [node for node in nodes if any(out in used for out in node.output)]
+        if len(kept) == len(nodes):
+            return kept
+        nodes = kept
 
 
 def check_variant(path: Path, mode: str, scale: int) -> dict:
