@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from aigc_bridge.engine import Pipeline
+from aigc_bridge.engine.conditioning import Noise
 from aigc_bridge.errors import InvalidRequest
 from aigc_bridge.request import GenerateRequest
 
@@ -45,7 +46,7 @@ def test_sd3_matches_diffusers(tiny_sd3, tiny_sd3_no_t5, tiny_sd3_src, t5):
     assert [e["role"] for e in m["text_encoders"]] == (["clip_l", "clip_g", "t5"] if t5 else ["clip_l", "clip_g"])
     latents = _latents(pipe, 2, 3)
     ours = pipe.generate(GenerateRequest(PROMPT, negative_prompt="blurry", steps=4, guidance=5.0, count=2, seed=0,
-                                         width=64, height=64), latents=latents)
+                                         width=64, height=64), noise=Noise(latents))
     ref = _diffusers(tiny_sd3_src, latents, prompt=PROMPT, negative_prompt="blurry", num_inference_steps=4,
                      guidance_scale=5.0, num_images_per_prompt=2, without_t5=not t5)
     assert ref.std() > 0.05
@@ -70,7 +71,7 @@ def test_flux_matches_diffusers(tiny_flux_schnell, tiny_flux_schnell_src, tiny_f
     assert m["distillation"] == ("none" if variant == "dev" else "turbo")
     latents = _latents(pipe, 2, 4)
     ours = pipe.generate(GenerateRequest(PROMPT, steps=4, guidance=guidance, count=2, seed=0, width=64, height=64),
-                         latents=latents)
+                         noise=Noise(latents))
     ref = _diffusers(src, latents, prompt=PROMPT, num_inference_steps=4, num_images_per_prompt=2,
                      guidance_scale=guidance if guidance is not None else 0.0)
     assert ref.std() > 0.05

@@ -80,6 +80,12 @@ class _DiTParts(UNetParts):
                 f"{m['patch_size']}x{m['patch_size']} latent patches")
 
     def check(self, req: GenerateRequest) -> None:
+        for name in ("init", "mask", "depth"):
+            if getattr(req, name) is not None:
+                raise InvalidRequest(f"{name}: image conditioning is not available for {self.manifest['family']} "
+                                     "models yet (text to image only)", name)
+        if req.controls:
+            raise InvalidRequest(f"ControlNet is not available for {self.manifest['family']} models yet", "controls")
         if req.scheduler not in FLOW_SCHEDULERS:
             raise InvalidRequest(f"{self.manifest['model_id']} is a flow-matching model ({self.manifest['family']}): "
                                  f"it takes {', '.join(FLOW_SCHEDULERS)}, not {req.scheduler}", "scheduler")
