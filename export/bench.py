@@ -18,7 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHS = ("tiny", "sd-turbo", "sd15", "sdxl")
+ARCHS = ("tiny", "sd-turbo", "sd15", "sdxl", "sd35-medium", "flux-schnell")
+DITS = ("sd35-medium", "flux-schnell")
+# On a CPU the DiTs keep their real widths, attention heads and text encoders' widths but only a few blocks (the
+# full SD 3.5 Medium is 2.5 B parameters plus a 4.7 B T5-XXL, FLUX.1 schnell 12 B: no room on a shared 24 GB
+# machine); the GPU script builds them whole (--depth full).
+DIT_CPU_DEPTH = {"sd35-medium": 2, "flux-schnell": 1}
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,10 @@ class Workload:
 def default_workloads(device: str) -> list[Workload]:
     """On a GPU the issue's workloads; on a CPU the same architectures at a size a 2-core machine can time."""
     if device == "cuda":
-        return [Workload("sd-turbo", 512, 1, 0.0), Workload("sd15", 512, 25, 7.5)]
-    return [Workload("sd-turbo", 128, 1, 0.0), Workload("sd15", 128, 2, 7.5)]
+        return [Workload("sd-turbo", 512, 1, 0.0), Workload("sd15", 512, 25, 7.5),
+                Workload("sd35-medium", 1024, 28, 4.5), Workload("flux-schnell", 1024, 4, 0.0)]
+    return [Workload("sd-turbo", 128, 1, 0.0), Workload("sd15", 128, 2, 7.5), Workload("sd35-medium", 128, 2, 4.5),
+            Workload("flux-schnell", 128, 2, 0.0)]
 
 
 # --- models from configs --------------------------------------------------------------------------------------
@@ -54,8 +61,63 @@ def _vae(scaling: float):
                          sample_size=512, scaling_factor=scaling)
 
 
-def build_arch(arch: str, out: Path) -> Path:
+def _build_dit(arch: str, out: Path, depth: int | None) -> Path:
+    """SD 3.5 Medium / FLUX.1 schnell from their published configs (random weights); ``depth`` transformer blocks
+    (and text-encoder layers) instead of all of them, where memory is short."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from .tiny import prompt_corpus, train_clip_tokenizer, train_t5_tokenizer
+
+    torch.manual_seed(0)
+    layers = (lambda full: full) if depth is None else (lambda full: min(full, depth))
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=layers(24),
+                                 num_heads=64, feed_forward_proj="gated-gelu", is_encoder_decoder=False))
+    tokenizer_3 = train_t5_tokenizer(prompt_corpus())
+    clip_l = _clip_config(49408, 768, layers(12), 12, 3072, "quick_gelu", 768)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
+                        scaling_factor=1.5305 if arch == "sd35-medium" else 0.3611,
+                        shift_factor=0.0609 if arch == "sd35-medium" else 0.1159)
+    if arch == "sd35-medium":
+        n = layers(24)
+        transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=n,
+                                            attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                            caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                                            pos_embed_max_size=384, dual_attention_layers=tuple(range(min(n, 13))),
+                                            qk_norm="rms_norm")
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+            text_encoder=CLIPTextModelWithProjection(clip_l), tokenizer=train_clip_tokenizer(prompt_corpus()),
+            text_encoder_2=CLIPTextModelWithProjection(_clip_config(49408, 1280, layers(32), 20, 5120, "gelu", 1280)),
+            tokenizer_2=train_clip_tokenizer(prompt_corpus(), pad_token="!"), text_encoder_3=t5,
+            tokenizer_3=tokenizer_3)
+    else:
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=layers(19),
+                                             num_single_layers=layers(38), attention_head_dim=128,
+                                             num_attention_heads=24, joint_attention_dim=4096,
+                                             pooled_projection_dim=768, guidance_embeds=False,
+                                             axes_dims_rope=(16, 56, 56))
+        pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae,
+                            text_encoder=CLIPTextModel(clip_l), tokenizer=train_clip_tokenizer(prompt_corpus()),
+                            text_encoder_2=t5, tokenizer_2=tokenizer_3)
+    pipe.save_pretrained(out)
+    return out
+
+
+def build_arch(arch: str, out: Path, depth: int | None = None) -> Path:
     """Save a random-weight pipeline of ``arch`` (real layer sizes) with ``save_pretrained``."""
+    if arch in DITS:
+        return _build_dit(arch, out, depth)
     import torch
     from diffusers import (
         EulerDiscreteScheduler,
@@ -127,7 +189,8 @@ def count_flops(src: Path, w: Workload, batch: int) -> float:
         pipe("x", num_inference_steps=1, guidance_scale=w.guidance, height=w.size, width=w.size, output_type="np")
     counts = counter.get_flop_counts()
     one_step = sum(counts["Global"].values())
-    unet = sum(counts[type(pipe.unet).__name__].values())
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    unet = sum(counts[type(denoiser).__name__].values())
     return float(one_step + unet * (w.steps - 1))
 
 
@@ -195,7 +258,7 @@ def _worker(ns: argparse.Namespace) -> None:
         pipe = Pipeline.load(ns.model, provider=ns.device if ns.device == "cuda" else "cpu", verify=False,
                              threads=ns.threads or None, cuda_graph=ns.cuda_graph)
         req = GenerateRequest("red brick wall", steps=w.steps, guidance=w.guidance, seed=0, width=w.size,
-                              height=w.size, count=ns.batch, scheduler="euler")
+                              height=w.size, count=ns.batch, scheduler=None if w.arch in DITS else "euler")
         for i in range(ns.reps + 1):
             result = pipe.generate(req)
             if i:
@@ -260,15 +323,17 @@ def run(ns: argparse.Namespace) -> str:
              "| diffusers ms/img | diffusers img/s | speed-up | of floor |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for w in workloads:
-        source = work / f"{w.arch}-diffusers"
+        depth = None if ns.depth == "full" or w.arch not in DITS else (
+            int(ns.depth) if ns.depth else DIT_CPU_DEPTH[w.arch] if ns.device == "cpu" else None)
+        source = work / (f"{w.arch}-diffusers" + (f"-depth{depth}" if depth else ""))
         if not (source / "model_index.json").exists():
-            print(f"building {w.arch} from configs ...", file=sys.stderr)
-            build_arch(w.arch, source)
-        model = work / f"{w.arch}-onnx-{ns.precision}-{ns.optimize}"
+            print(f"building {w.arch} from configs" + (f" ({depth} blocks)" if depth else "") + " ...", file=sys.stderr)
+            build_arch(w.arch, source, depth)
+        model = work / f"{source.name.replace('-diffusers', '')}-onnx-{ns.precision}-{ns.optimize}"
         if not (model / "model.json").exists():
             print(f"exporting {w.arch} ({ns.precision}, optimize {ns.optimize}) ...", file=sys.stderr)
             export_pipeline(source, model, overwrite=True, fp16=ns.precision == "fp16", optimize=ns.optimize,
-                            seamless=False, log=lambda m: print(m, file=sys.stderr))
+                            seamless=False, log=lambda m: print(m, file=sys.stderr), memory_profile=w.arch not in DITS)
         flops = count_flops(source, w, 1)
         floor_s = flops / peak
         for batch in ns.batch:
@@ -284,7 +349,8 @@ def run(ns: argparse.Namespace) -> str:
             ratio = (f"{theirs['total_s'] / ours['total_s']:.2f}x" if "error" not in ours and "error" not in theirs
                      else "-")
             of_floor = f"{floor_s / (ours['total_s'] / batch):.1%}" if "error" not in ours else "-"
-            lines.append(f"| {w.arch} | {w.size} | {w.steps} | {'yes' if w.guidance > 1 else 'no'} | {batch} | "
+            label = w.arch + (f" ({depth} blocks)" if depth else "")
+            lines.append(f"| {label} | {w.size} | {w.steps} | {'yes' if w.guidance > 1 else 'no'} | {batch} | "
                          + " | ".join(cells) + f" | {ratio} | {of_floor} |")
             print(lines[-1], file=sys.stderr)
     return "\n".join(lines)
@@ -304,6 +370,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="onnxruntime fusions applied at export")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per side (0: all cores)")
     parser.add_argument("--cuda-graph", action="store_true", help="ours: replay the UNet as a CUDA graph")
+    parser.add_argument("--depth", help="DiTs: transformer blocks and text-encoder layers to build ('full', or a "
+                        "number; default: full on CUDA, a few on the CPU)")
     parser.add_argument("--work", default=".cache/bench", help="where models are built and exported (reused)")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     # internal: one side of one measurement, run in its own process
