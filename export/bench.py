@@ -312,7 +312,9 @@ def run(ns: argparse.Namespace) -> str:
 
     work = Path(ns.work)
     work.mkdir(parents=True, exist_ok=True)
-    workloads = ([Workload(a, ns.size, ns.steps, ns.guidance) for a in ns.arch] if ns.arch
+    # FLUX.1 schnell takes no guidance (the runtime refuses it): 0 whatever --guidance says
+    workloads = ([Workload(a, ns.size, ns.steps, 0.0 if a == "flux-schnell" else ns.guidance) for a in ns.arch]
+                 if ns.arch
                  else default_workloads(ns.device))
     peak = device_peak_flops(ns.device)
     side = 4096 if ns.device == "cpu" else 8192
