@@ -62,8 +62,9 @@ class _FluxDenoiser(nn.Module):
         b, c, h, w = sample.shape
         tokens = sample.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
         tokens = tokens.reshape(b, (h // 2) * (w // 2), c * 4)
-        rows = torch.arange(h // 2, dtype=torch.float32)[:, None].expand(h // 2, w // 2)
-        cols = torch.arange(w // 2, dtype=torch.float32)[None, :].expand(h // 2, w // 2)
+        # int64 ranges, cast: a float Range would be turned fp16 by the fp16 converter, which Range does not take
+        rows = torch.arange(h // 2)[:, None].expand(h // 2, w // 2).to(torch.float32)
+        cols = torch.arange(w // 2)[None, :].expand(h // 2, w // 2).to(torch.float32)
         img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
         txt_ids = torch.zeros(encoder_hidden_states.shape[1], 3, dtype=torch.float32)
         out = self.transformer(hidden_states=tokens, timestep=timestep / 1000, guidance=guidance,
@@ -162,7 +163,8 @@ def export_dit(pipe, source: str, root: Path, opts, log: Callable[[str], None], 
             return (torch.randint(0, vocab, (batch, length), generator=g),)
 
         outputs = ["hidden_states"] + (["pooled"] if pooled else [])
-        # T5 overflows in fp16 (inf activations): it stays fp32 in fp16 packages, as diffusers' own advice has it
+        # T5's feed-forward outputs overflow fp16 (transformers keeps its "wo" layers fp32 for that reason); keeping
+        # only those fp32 trips onnxruntime's fp16 converter (MatMul type mismatch), so all of T5 stays fp32
         graphs.append(_Graph(attr, _TextEncoder(encoder, penultimate=penultimate, pooled=pooled), ids, ["input_ids"],
                              outputs, {name: {0: "batch"} for name in ["input_ids", *outputs]}, (1, 0, 0), (3, 0, 0),
                              fp32=t5))
