@@ -824,7 +824,8 @@ _MODEL_INFO = _Obj(
     required={"id": _NAME, "hash": _HASH},
     optional={"name": _NAME, "kinds": _List(_IDENT, 16), "width": _Int(1, MAX_SIDE),
               "height": _Int(1, MAX_SIDE), "steps": _Int(1, MAX_STEPS), "schedulers": _List(_IDENT, 32),
-              "loaded": _Bool()},
+              "loaded": _Bool(), "family": _IDENT, "size_multiple": _Int(1, MAX_SIDE), "guidance": _IDENT,
+              "max_tokens": _Map(8, _Int(1, 4096))},
 )
 _RUNNING = _Obj(
     required={"msg_id": _ID},

@@ -131,3 +131,12 @@ def test_unet_schedulers_are_refused_for_flow_models(tiny_sd3):
     with pytest.raises(InvalidRequest, match="flow-matching model.*flow_euler") as info:
         pipe.resolve(GenerateRequest(PROMPT, scheduler="euler"))
     assert info.value.field == "scheduler"
+
+
+def test_limits_are_advertised(tiny_sd3, tiny_flux_schnell, sd_pipeline):
+    """list_models tells clients each model's size multiple, guidance kind, token limits and schedulers."""
+    sd3 = Pipeline.load(tiny_sd3, provider="cpu").parts.limits()
+    assert sd3 == {"family": "sd3", "size_multiple": 4, "guidance": "cfg",
+                   "max_tokens": {"clip_l": 77, "clip_g": 77, "t5": DIT_T5_LENGTH}, "schedulers": ["flow_euler"]}
+    assert Pipeline.load(tiny_flux_schnell, provider="cpu").parts.limits()["guidance"] == "none"
+    assert sd_pipeline.parts.limits()["schedulers"][0] == "euler"

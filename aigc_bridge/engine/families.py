@@ -43,6 +43,15 @@ class UNetParts:
         halvings = int(np.log2(m["size_multiple"] // m["vae_scale_factor"]))
         return f"its latents are 1/{m['vae_scale_factor']} of the image and its UNet halves them {halvings} times"
 
+    def limits(self) -> dict:
+        """What a client may ask of this model, advertised in list_models (docs/protocol.md)."""
+        m = self.manifest
+        return {"family": m["family"], "size_multiple": m["size_multiple"],
+                "guidance": m.get("guidance_kind") or ("embedded" if m["unet"].get("timestep_cond_dim") else "cfg"),
+                "max_tokens": {e.get("role") or f"clip{i + 1}": e["max_length"]
+                               for i, e in enumerate(m["text_encoders"])},
+                "schedulers": list(FLOW_SCHEDULERS if m["family"] in DIT_FAMILIES else SCHEDULERS)}
+
     def check(self, req: GenerateRequest) -> None:
         if req.scheduler in FLOW_SCHEDULERS:
             raise InvalidRequest(f"{req.scheduler} is for flow-matching models (SD 3, FLUX.1); this model takes "

@@ -439,7 +439,8 @@ class Server:
             current = m["model_id"]
             models.append({"id": current, "hash": m["package_hash"], "kinds": list(KINDS),
                            "width": m["native_size"][1], "height": m["native_size"][0],
-                           "steps": m["recommended"]["steps"], "schedulers": list(SCHEDULERS), "loaded": True})
+                           "steps": m["recommended"]["steps"], "schedulers": list(SCHEDULERS), "loaded": True,
+                           **self._pipeline.parts.limits()})
         self._reply(route, msg, "list_models_reply", {"models": models, "current": current})
 
     def _on_shutdown(self, route: list[bytes], msg: Message) -> None:
