@@ -28,6 +28,9 @@ run() { .gpu-venv/bin/python -m aigc_bridge_export.bench --device cuda --precisi
           --work .cache/gpu-bench --reps 5 "$@"; }
 run --arch sd-turbo --size 512 --steps 1 --guidance 0 --batch 1 2 4 8 16 --cuda-graph | tee "$OUT/bench-sd-turbo.md"
 run --arch sd15 --size 512 --steps 25 --guidance 7.5 --batch 1 4 8 | tee "$OUT/bench-sd15.md"
+# DiTs, whole (SD 3.5 Medium 2.5 B + T5-XXL 4.7 B; FLUX.1 schnell 12 B + T5-XXL): not yet run on a GPU machine
+run --arch sd35-medium --size 1024 --steps 28 --guidance 4.5 --batch 1 --depth full | tee "$OUT/bench-sd35-medium.md"
+run --arch flux-schnell --size 1024 --steps 4 --guidance 0 --batch 1 --depth full | tee "$OUT/bench-flux-schnell.md"
 cat "$OUT"/bench-*.md > "$OUT/bench.md"
 .gpu-venv/bin/python - "$OUT" <<'PY'
 import json, pathlib, sys
