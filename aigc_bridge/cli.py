@@ -221,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
                      help="add a textual-inversion embedding as TOKEN (default: the file name); repeatable")
     exp.add_argument("--model-id", help="name results will cite (default: the source's name)")
-    exp.add_argument("--fp16", action="store_true", help="fp16 weights (GPU); SDXL's VAE stays fp32")
+    exp.add_argument("--fp16", action="store_true", help="fp16 weights (GPU); SDXL's VAE and T5 stay fp32")
+    exp.add_argument("--no-t5", action="store_true",
+                     help="SD 3 / 3.5: leave the T5 encoder out (saves 9.5-19 GB; zeros for its tokens, as diffusers)")
+    exp.add_argument("--t5-max-length", type=int, help="SD 3 / FLUX.1: T5 tokens (default 256 / 512)")
     exp.add_argument("--distillation", choices=("none", "turbo", "lcm"),
                      help="override detection (turbo: 1 step, no guidance; lcm: 4 steps, LCM scheduler)")
     exp.add_argument("--optimize", choices=("none", "cpu", "gpu"), default="none",
@@ -525,7 +528,7 @@ def _export(args: argparse.Namespace) -> int:
     export_pipeline(args.source, args.out_dir, model_id=args.model_id, fp16=args.fp16,
                     distillation=args.distillation, overwrite=args.overwrite, optimize=args.optimize,
                     seamless=not args.no_seamless, config=args.config, family=args.family, loras=args.lora,
-                    embeddings=args.embedding)
+                    embeddings=args.embedding, t5=not args.no_t5, t5_max_length=args.t5_max_length)
     return 0
 
 
