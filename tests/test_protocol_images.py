@@ -164,3 +164,18 @@ def test_generate_content_refuses_a_record_without_bytes() -> None:
     with pytest.raises(ProtocolError) as info:
         generate_content({"prompt": "p", "init": record})
     assert info.value.field == "init"
+
+
+def test_docs_image_example_is_what_the_codec_sends() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- example: generate_images -->\n```json\n(.*?)```", text, re.S).group(1)
+    init, mask = png(64, 64), png(64, 64, (255, 255, 255), "L")
+    content, buffers = generate_content({"prompt": "blue glazed tiles", "init": InputImage.from_bytes(init, "init"),
+                                         "strength": 0.7, "mask": InputImage.from_bytes(mask, "mask"),
+                                         "mask_blur": 4})
+    assert content == json.loads(block)
+    assert send(content, buffers).request.mask.data == mask
