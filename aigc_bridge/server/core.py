@@ -77,10 +77,10 @@ def model_info(m: dict) -> dict:
     tiles = [t for t in TILE_MODES if t in m["unet"]["graphs"] and t in m["vae_decoder"]["graphs"]]
     controlnets = sorted(m.get("controlnets") or {})
     accepts = []
-    if m.get("vae_encoder"):
+    if (m.get("vae_encoder") or {}).get("graphs", {}).get("none"):
         accepts += ["init", "mask"]
-    if m["unet"].get("depth") or m["unet"].get("conditioning") == "depth":
-        accepts.append("depth")
+    if int(m["unet"].get("in_channels") or m["latent_channels"]) == m["latent_channels"] + 1:
+        accepts.append("depth")  # the SD 2 depth model: latents + the depth map
     if controlnets:
         accepts.append("controls")
     return {"id": m["model_id"], "hash": m["package_hash"], "kinds": list(KINDS), "width": m["native_size"][1],
