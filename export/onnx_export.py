@@ -271,7 +271,8 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     unet_cfg, vae_cfg = pipe.unet.config, pipe.vae.config
     vae_factor = 2 ** (len(vae_cfg.block_out_channels) - 1)
     latent_multiple = 2 ** (len(unet_cfg.block_out_channels) - 1)
-    latent_channels = unet_cfg.in_channels
+    latent_channels = int(vae_cfg.latent_channels)
+    unet_channels = int(unet_cfg.in_channels)  # 9 for inpainting UNets: latents, mask, masked-image latents
     timestep_cond = bool(unet_cfg.get("time_cond_proj_dim"))
     text_time = unet_cfg.get("addition_embed_type") == "text_time"
 
@@ -312,7 +313,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
 
     def unet_inputs(seed, batch, h, w):
         g = torch.Generator().manual_seed(seed)
-        args = [torch.randn(batch, latent_channels, h, w, generator=g),
+        args = [torch.randn(batch, unet_channels, h, w, generator=g),
                 torch.rand(batch, generator=g) * 999,
                 torch.randn(batch, text_length, context_dim, generator=g)]
         if text_time:
@@ -349,7 +350,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
                          seamless_target=pipe.vae, tiles=tiles, fp32=keep_vae_fp32))
     graphs.append(_Graph("vae_encoder", _VaeEncoder(pipe.vae), images, ["image"], ["latent_parameters"],
                          {"image": image_axes, "latent_parameters": image_axes}, (1, 2 * m, 2 * m),
-                         (2, 3 * m, 4 * m), fp32=keep_vae_fp32))
+                         (2, 3 * m, 4 * m), seamless_target=pipe.vae, tiles=tiles, fp32=keep_vae_fp32))
 
     by_name = {graph.name: graph for graph in graphs}
     with tempfile.TemporaryDirectory() as scratch:
@@ -377,7 +378,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         "recommended": recommended,
         "force_zeros_for_empty_prompt": bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
         "text_encoders": encoder_specs,
-        "unet": {"graphs": by_name["unet"].files, "text_time": text_time,
+        "unet": {"graphs": by_name["unet"].files, "in_channels": unet_channels, "text_time": text_time,
                  "pooled_dim": pooled_dim, "timestep_cond_dim": cond_dim},
         "vae_decoder": {"graphs": by_name["vae_decoder"].files},
         "vae_encoder": {"graphs": by_name["vae_encoder"].files},
