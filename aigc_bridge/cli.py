@@ -198,8 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "gpu-optimised graphs are verified on CUDA")
     exp.add_argument("--no-seamless", action="store_true",
                      help="skip the tile_both / tile_x graph variants (smaller and faster to export)")
+    exp.add_argument("--controlnet", action="append", default=[], metavar="ID_OR_PATH[=NAME]",
+                     help="export a diffusers ControlNet beside the model (name default: from the source, e.g. "
+                          "depth, canny); repeatable")
+    exp.add_argument("--control-inputs", action="store_true",
+                     help="give the UNet its controlnet inputs without a controlnet, so add-controlnet can add some "
+                          "later")
     exp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     exp.set_defaults(run=_export)
+
+    addcn = sub.add_parser("add-controlnet", help="export a ControlNet into an existing model package (atomic)")
+    addcn.add_argument("package", type=Path, help="the model package folder")
+    addcn.add_argument("source", help="the ControlNet: a diffusers folder or hub id")
+    addcn.add_argument("--name", help="its name in requests (default: from the source, e.g. depth, canny)")
+    addcn.set_defaults(run=_add_controlnet)
 
 
     bench = sub.add_parser("bench", help="time our runtime against diffusers on the real architectures",
@@ -489,7 +501,17 @@ def _export(args: argparse.Namespace) -> int:
     export_pipeline(args.source, args.out_dir, model_id=args.model_id, fp16=args.fp16,
                     distillation=args.distillation, overwrite=args.overwrite, optimize=args.optimize,
                     seamless=not args.no_seamless, config=args.config, family=args.family, loras=args.lora,
-                    embeddings=args.embedding)
+                    embeddings=args.embedding, controlnets=args.controlnet, control_inputs=args.control_inputs)
+    return 0
+
+
+def _add_controlnet(args: argparse.Namespace) -> int:
+    try:
+        from aigc_bridge_export.controlnet import add_controlnet
+    except ImportError as exc:
+        raise AigcError("missing_dependency", f"add-controlnet needs the export extra ({exc.name} is missing): "
+                        "pip install 'aigc-bridge[export]'", "export") from None
+    add_controlnet(args.package, args.source, args.name)
     return 0
 
 

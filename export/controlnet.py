@@ -13,6 +13,7 @@ the same cross-attention width and, for SDXL, the same added conditions (text_em
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,9 +104,12 @@ def signature(model: nn.Module) -> dict:
 def describe(sig: dict) -> str:
     kind = ("SDXL-like" if sig["text_time"] else
             {768: "SD 1.x-like", 1024: "SD 2.x-like"}.get(sig["cross_attention_dim"], "SD-like"))
-    return (f"{kind}: cross-attention {sig['cross_attention_dim']}, blocks "
-            f"{'/'.join(map(str, sig['block_out_channels']))}, {len(sig['residuals'])} residuals"
-            + (f", added conditions {sig['addition_dim']}" if sig["text_time"] else ""))
+    parts = [kind + f": cross-attention {sig['cross_attention_dim']}"]
+    if "block_out_channels" in sig:
+        parts.append(f"blocks {'/'.join(map(str, sig['block_out_channels']))}, {len(sig['residuals'])} residuals")
+    if sig["text_time"] and "addition_dim" in sig:
+        parts.append(f"added conditions {sig['addition_dim']}")
+    return ", ".join(parts)
 
 
 def check_fits(controlnet_sig: dict, controlnet_label: str, base_sig: dict, model_label: str) -> None:
@@ -114,7 +118,7 @@ def check_fits(controlnet_sig: dict, controlnet_label: str, base_sig: dict, mode
                                       ("text_time", "added conditions (SDXL text_embeds / time_ids)"),
                                       ("addition_dim", "added-condition width"),
                                       ("residuals", "residual layout (blocks, channels, downsamplers)"))
-               if controlnet_sig[key] != base_sig[key]]
+               if key in base_sig and controlnet_sig[key] != base_sig[key]]
     if differs:
         raise ExportError(f"controlnet {controlnet_label} ({describe(controlnet_sig)}) does not fit model "
                           f"{model_label} ({describe(base_sig)}): the {', '.join(differs)} differ; use a controlnet "
@@ -264,3 +268,84 @@ def controlnet_entry(name: str, source: str, graph, spec: dict, sig: dict) -> di
             "timestep_cond": spec["timestep_cond"], "cross_attention_dim": sig["cross_attention_dim"],
             "residuals": sig["residuals"]}
 
+
+
+# --- adding a controlnet to an existing package ---------------------------------------------------------------
+
+def package_signature(manifest: dict) -> dict | None:
+    """The base signature a package's residual-input UNet recorded; None for packages exported without it."""
+    control = manifest["unet"].get("control")
+    return None if not control else control["signature"]
+
+
+def add_controlnet(package_dir: str | Path, source: str, name: str | None = None, *,
+                   log: Callable[[str], None] = print) -> dict:
+    """Export the controlnet ``source`` into the package at ``package_dir`` as ``name`` (default: from the
+    source). Atomic: the new files are written beside the package and moved in, then the manifest is replaced
+    in one rename (its ``files`` and ``package_hash`` updated); on any failure the package is as it was.
+    Returns the new manifest."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from aigc_bridge.engine.package import MANIFEST_NAME, ModelPackage, package_hash, sha256_file
+
+    from .memory_profile import profile_graphs
+    from .onnx_export import _Graph, export_graphs
+
+    root = Path(package_dir)
+    package = ModelPackage.load(root)
+    manifest = json.loads(json.dumps(package.manifest))
+    name = check_name(name or default_name(source))
+    label = f"{manifest['model_id']} ({root})"
+    existing = manifest.get("controlnets") or {}
+    if name in existing:
+        raise ExportError(f"{label} already has a controlnet named {name} (from {existing[name]['source']}): "
+                          "give another --name", "name")
+    model = load_controlnet(source)
+    base = package_signature(manifest)
+    sig = signature(model)
+    if base is None:
+        # what the manifest tells of the base anyway: enough to name a controlnet of another family
+        partial = {"cross_attention_dim": sum(int(e["hidden_size"]) for e in manifest["text_encoders"]),
+                   "text_time": bool(manifest["unet"].get("text_time"))}
+        check_fits(sig, source, partial, label)
+        raise ExportError(f"{label} was exported without the UNet's controlnet inputs: export it again with "
+                          "--controlnet (or --control-inputs, to add controlnets later)", "package")
+    check_fits(sig, source, base, label)
+    if manifest["precision"] == "fp16":
+        log("  fp16 package: the controlnet is exported in fp16 too")
+    tiles = tuple(manifest["unet"]["control"]["graphs"])
+    dims = GraphDims.from_manifest(manifest)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.{name}.", dir=root.parent))
+    moved: list[Path] = []
+    try:
+        graph, spec = controlnet_graph(_Graph, name, model, dims, tiles)
+        export_graphs([graph], staging, manifest["precision"] == "fp16", manifest.get("optimization", "none"), log)
+        new_files = sorted(p.name for p in staging.iterdir())
+        clash = [f for f in new_files if f in manifest["files"]]
+        if clash:
+            raise ExportError(f"{label} already lists {', '.join(clash)}", "name")
+        if manifest.get("memory"):
+            manifest["memory"]["graphs"].update(profile_graphs(staging, manifest, [(graph.files["none"], 1)], log))
+        manifest.setdefault("controlnets", {})[name] = controlnet_entry(name, source, graph, spec, sig)
+        manifest["parity"].update(graph.parity)
+        for file_name in new_files:
+            manifest["files"][file_name] = sha256_file(staging / file_name)
+        manifest["package_hash"] = package_hash(manifest["files"])
+        for file_name in new_files:
+            os.replace(staging / file_name, root / file_name)
+            moved.append(root / file_name)
+        tmp = root / f".{MANIFEST_NAME}.{name}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, root / MANIFEST_NAME)  # the commit point
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        (root / f".{MANIFEST_NAME}.{name}.tmp").unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"added controlnet {name} to {root} (package {manifest['package_hash'][:12]})")
+    return manifest
