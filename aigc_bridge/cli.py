@@ -42,6 +42,39 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth of colour and data maps")
 
 
+def _add_control_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", action="append", default=[], metavar="NAME=IMAGE[:SCALE[:START:END]]",
+                   help="steer with the model's controlnet NAME (e.g. depth=depth.png:0.8, canny=edges.png:1:0:0.5): "
+                        "conditioning scale (default 1) and the part of the schedule it acts on (default 0 to 1); "
+                        "repeatable, up to 4")
+    p.add_argument("--depth", type=Path, metavar="IMAGE",
+                   help="SD 2 depth models: the depth map (near = bright), resized to the generation size")
+
+
+def parse_control(spec: str, index: int):
+    """``NAME=IMAGE[:SCALE[:START:END]]`` -> ControlInput (the image path may itself contain ':')."""
+    from .input_image import InputImage
+    from .request import ControlInput
+
+    field = f"controls[{index}]"
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise AigcError("invalid_request", f"--control {spec!r}: expected NAME=IMAGE[:SCALE[:START:END]], e.g. "
+                        "depth=depth.png:0.8", field)
+    parts = rest.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 3:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    if len(numbers) == 2:
+        raise AigcError("invalid_request", f"--control {spec!r}: START needs END (NAME=IMAGE:SCALE:START:END)", field)
+    values = dict(zip(("scale", "start", "end"), numbers))
+    return ControlInput(name, InputImage.from_path(":".join(parts), f"{field}.image"), **values)
+
+
 def _add_memory_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-limit", type=float, metavar="GB",
                    help="memory generation may use, in GB (default on the CPU: 85%% of what is free at start; "
@@ -92,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "only (default: the model's own upscaler, e.g. texture-mini's 128 px stage, for --target-size)")
     _add_client_options(gen)
     _add_generation_options(gen)
+    _add_control_options(gen)
     _add_upscaler_options(gen)
     gen.set_defaults(run=_generate)
 
@@ -248,7 +282,14 @@ def _request_from_args(args: argparse.Namespace):
                            scheduler=args.scheduler, tile=args.tile, count=args.count, kind=args.kind,
                            format="exr" if args.output.suffix.lower() == ".exr" else "png", pbr=args.pbr,
                            target_size=args.target_size, normal_convention=args.normal_convention,
-                           bit_depth=args.bit_depth)
+                           bit_depth=args.bit_depth, **_control_fields(args))
+
+
+def _control_fields(args: argparse.Namespace) -> dict:
+    from .input_image import InputImage
+
+    return {"controls": tuple(parse_control(spec, i) for i, spec in enumerate(args.control)),
+            "depth": None if args.depth is None else InputImage.from_path(args.depth, "depth")}
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
