@@ -90,11 +90,10 @@ def _run(side: str, paths: dict, ns: argparse.Namespace) -> list[float]:
 def build(arch: str, root: Path) -> dict:
     """The base pipeline, a ControlNet from its UNet (random outputs: not the zero init) and our package."""
     import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
     from aigc_bridge_export.bench import build_arch
     from aigc_bridge_export.onnx_export import export_pipeline
     from aigc_bridge_export.tiny import build_tiny_controlnet
+    from diffusers import ControlNetModel, UNet2DConditionModel
 
     paths = {"diffusers": build_arch(arch, root / "diffusers"), "controlnet": root / "controlnet-canny"}
     if arch == "tiny":

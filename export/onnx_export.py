@@ -298,10 +298,8 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     vae_factor = 2 ** (len(vae_cfg.block_out_channels) - 1)
     latent_multiple = 2 ** (len(unet_cfg.block_out_channels) - 1)
     latent_channels = int(vae_cfg.latent_channels)
-    unet_in = int(unet_cfg.in_channels)  # latents, + 1 depth channel for SD 2 depth
-    if unet_in not in (latent_channels, latent_channels + 1):
-        raise ExportError(f"the UNet takes {unet_in} input channels; this exporter knows {latent_channels} (text to "
-                          f"image) and {latent_channels + 1} (latents + depth, SD 2 depth)", "unet")
+    # 9 for inpainting UNets (latents, mask, masked-image latents), 5 for SD 2 depth (latents, depth)
+    unet_channels = int(unet_cfg.in_channels)
     timestep_cond = bool(unet_cfg.get("time_cond_proj_dim"))
     text_time = unet_cfg.get("addition_embed_type") == "text_time"
 
@@ -342,7 +340,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
 
     def unet_inputs(seed, batch, h, w):
         g = torch.Generator().manual_seed(seed)
-        args = [torch.randn(batch, unet_in, h, w, generator=g),
+        args = [torch.randn(batch, unet_channels, h, w, generator=g),
                 torch.rand(batch, generator=g) * 999,
                 torch.randn(batch, text_length, context_dim, generator=g)]
         if text_time:
@@ -367,7 +365,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     if control is not None:
         from . import controlnet as cn
 
-        dims = cn.GraphDims(unet_in, text_length, context_dim, pooled_dim, cond_dim, text_time, vae_factor, m)
+        dims = cn.GraphDims(unet_channels, text_length, context_dim, pooled_dim, cond_dim, text_time, vae_factor, m)
         control_unet, layout = cn.unet_control_graph(_Graph, unet_graph, pipe.unet, dims, tiles)
         graphs.append(control_unet)
         for cn_source, cn_name, model in control:
@@ -390,7 +388,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
                          seamless_target=pipe.vae, tiles=tiles, fp32=keep_vae_fp32))
     graphs.append(_Graph("vae_encoder", _VaeEncoder(pipe.vae), images, ["image"], ["latent_parameters"],
                          {"image": image_axes, "latent_parameters": image_axes}, (1, 2 * m, 2 * m),
-                         (2, 3 * m, 4 * m), fp32=keep_vae_fp32))
+                         (2, 3 * m, 4 * m), seamless_target=pipe.vae, tiles=tiles, fp32=keep_vae_fp32))
 
     by_name = {graph.name: graph for graph in graphs}
     export_graphs(graphs, root, fp16, opts.optimize, log)
@@ -416,8 +414,9 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         "recommended": recommended,
         "force_zeros_for_empty_prompt": bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
         "text_encoders": encoder_specs,
-        "unet": {"graphs": by_name["unet"].files, "text_time": text_time, "in_channels": unet_in,
-                 "conditioning": "depth" if unet_in == latent_channels + 1 else "none",
+        "unet": {"graphs": by_name["unet"].files, "in_channels": unet_channels, "text_time": text_time,
+                 "conditioning": {latent_channels + 1: "depth",
+                                  latent_channels + 5: "inpaint"}.get(unet_channels, "none"),
                  "pooled_dim": pooled_dim, "timestep_cond_dim": cond_dim},
         "vae_decoder": {"graphs": by_name["vae_decoder"].files},
         "vae_encoder": {"graphs": by_name["vae_encoder"].files},

@@ -125,7 +125,8 @@ def test_two_controlnets_with_guidance_windows_match_diffusers(sd_cn_pipe, tiny_
     ours = sd_cn_pipe.generate(GenerateRequest("weathered green marble", steps=8, guidance=6.0, seed=0, count=2,
                                                tile="none", controls=controls), noise=Noise(latents))
     ref = _diffusers_controlnet(tiny_sd_src, [controlnets["depth"], controlnets["canny"]],
-                                prompt="weathered green marble", image=[Image.fromarray(first), Image.fromarray(second)],
+                                prompt="weathered green marble",
+                                image=[Image.fromarray(first), Image.fromarray(second)],
                                 num_inference_steps=8, guidance_scale=6.0, num_images_per_prompt=2,
                                 controlnet_conditioning_scale=[0.7, 1.3], control_guidance_start=[0.0, 0.3],
                                 control_guidance_end=[0.6, 1.0], latents=torch.from_numpy(latents))
@@ -134,10 +135,9 @@ def test_two_controlnets_with_guidance_windows_match_diffusers(sd_cn_pipe, tiny_
 
 
 def test_sdxl_controlnet_matches_diffusers(workdir, tiny_sdxl_src):
-    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
-
     from aigc_bridge_export.onnx_export import export_pipeline
     from aigc_bridge_export.tiny import build_tiny_controlnet
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
     cn_dir = build_tiny_controlnet(tiny_sdxl_src, workdir / "cn-sdxl-canny", seed=5)
     package = export_pipeline(tiny_sdxl_src, workdir / "tiny-sdxl-cn-onnx", overwrite=True, seamless=False,
@@ -286,5 +286,6 @@ def test_generate_command_line_controls(sd_cn, tmp_path):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert [(c["name"], c["scale"], c["start"], c["end"]) for c in meta["controls"]] == \
         [("depth", 0.8, 0.0, 1.0), ("canny", 1.2, 0.0, 0.5)]
-    run = cli("generate", "x", "-o", str(out), "--model", str(sd_cn), "--control", f"canny={tmp_path / 'edges.png'}:1:0")
+    run = cli("generate", "x", "-o", str(out), "--model", str(sd_cn), "--control",
+              f"canny={tmp_path / 'edges.png'}:1:0")
     assert run.returncode == 2 and "START needs END" in run.stderr
