@@ -79,9 +79,9 @@ def model_info(m: dict) -> dict:
     accepts = []
     if (m.get("vae_encoder") or {}).get("graphs", {}).get("none"):
         accepts += ["init", "mask"]
-    if int(m["unet"].get("in_channels") or m["latent_channels"]) == m["latent_channels"] + 1:
+    if m["unet"].get("conditioning") == "depth":
         accepts.append("depth")  # the SD 2 depth model: latents + the depth map
-    if controlnets:
+    if controlnets and m["unet"].get("control"):
         accepts.append("controls")
     return {"id": m["model_id"], "hash": m["package_hash"], "kinds": list(KINDS), "width": m["native_size"][1],
             "height": m["native_size"][0], "steps": m["recommended"]["steps"], "schedulers": list(SCHEDULERS),
