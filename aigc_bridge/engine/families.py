@@ -44,13 +44,7 @@ class UNetParts:
         return f"its latents are 1/{m['vae_scale_factor']} of the image and its UNet halves them {halvings} times"
 
     def limits(self) -> dict:
-        """What a client may ask of this model, advertised in list_models (docs/protocol.md)."""
-        m = self.manifest
-        return {"family": m["family"], "size_multiple": m["size_multiple"],
-                "guidance": m.get("guidance_kind") or ("embedded" if m["unet"].get("timestep_cond_dim") else "cfg"),
-                "max_tokens": {e.get("role") or f"clip{i + 1}": e["max_length"]
-                               for i, e in enumerate(m["text_encoders"])},
-                "schedulers": list(FLOW_SCHEDULERS if m["family"] in DIT_FAMILIES else SCHEDULERS)}
+        return model_limits(self.manifest)
 
     def check(self, req: GenerateRequest) -> None:
         if req.scheduler in FLOW_SCHEDULERS:
@@ -234,6 +228,15 @@ class RolledDenoiser:
         out = self.runner({**feeds, "sample": rolled}, run_options)
         back = np.stack([np.roll(x, (-o[0], -o[1]), axis=(-2, -1)) for x, o in zip(out[0], per_row)])
         return [back, *out[1:]]
+
+
+def model_limits(m: dict) -> dict:
+    """What a client may ask of this model by family, advertised in list_models (docs/protocol.md): the family,
+    its guidance kind, the token limit of each text encoder and the schedulers it takes."""
+    return {"family": m["family"], "size_multiple": m["size_multiple"],
+            "guidance": m.get("guidance_kind") or ("embedded" if m["unet"].get("timestep_cond_dim") else "cfg"),
+            "max_tokens": {e.get("role") or f"clip{i + 1}": e["max_length"] for i, e in enumerate(m["text_encoders"])},
+            "schedulers": list(FLOW_SCHEDULERS if m["family"] in DIT_FAMILIES else SCHEDULERS)}
 
 
 def parts_for(pipeline) -> UNetParts:
