@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def _distillation(family: str, pipe, source: str, given: str | None) -> str:
 
 def export_dit(pipe, source: str, root: Path, opts, log: Callable[[str], None], provenance: dict) -> dict:
     """Write a DiT package into ``root`` (the staging folder); returns the manifest."""
-    from .onnx_export import OPSET, _export_graph, _Graph, _TextEncoder, _VaeDecoder, _VaeEncoder
+    from .onnx_export import OPSET, _Graph, _TextEncoder, _VaeDecoder, _VaeEncoder, export_graphs
 
     family = dit_family(pipe)
     distillation = _distillation(family, pipe, source, opts.distillation)
@@ -214,9 +213,8 @@ def export_dit(pipe, source: str, root: Path, opts, log: Callable[[str], None], 
                          seamless_target=pipe.vae, tiles=tiles))
     graphs.append(_Graph("vae_encoder", _VaeEncoder(pipe.vae), images, ["image"], ["latent_parameters"],
                          {"image": image_axes, "latent_parameters": image_axes}, (1, 4, 4), (2, 6, 8)))
-    with tempfile.TemporaryDirectory() as scratch, _exportable(pipe.transformer):
-        for graph in graphs:
-            _export_graph(graph, root, Path(scratch), opts.fp16 and not graph.fp32, opts.optimize, log)
+    with _exportable(pipe.transformer):
+        export_graphs(graphs, root, opts.fp16, opts.optimize, log)
     by_name = {graph.name: graph for graph in graphs}
     transformer_file = by_name["transformer"].files["none"]
 
