@@ -248,7 +248,7 @@ def _onnxruntime_matmul_seconds(a, b, reps: int) -> float:
 # --- the two sides, each in its own process --------------------------------------------------------------------
 
 def _worker(ns: argparse.Namespace) -> None:
-    w = Workload(ns.arch, ns.size, ns.steps, ns.guidance)
+    w = Workload(ns.arch[0] if isinstance(ns.arch, list) else ns.arch, ns.size, ns.steps, ns.guidance)
     times: list[float] = []
     step_times: list[float] = []
     if ns.side == "ours":
