@@ -196,7 +196,7 @@ class Pipeline:
         """Fill every default from the model, and check what this model accepts (sizes)."""
         m = self.manifest
         recommended = m["recommended"]
-        if request.init is not None:  # the init's aspect at the model's native area (docs/conditioning.md)
+        if request.init is not None and request.kind != "backdrop":  # the init's aspect at the native area
             width, height = inputs.default_size(request.init.width, request.init.height, m["native_size"],
                                                 m["size_multiple"], request.width, request.height)
         else:
