@@ -150,3 +150,20 @@ def test_four_channel_inpainting_matches_diffusers(sd, tiny_sd_src, strength):
     kept = np.abs(ours.images[0] - pixels / 255.0)[outside].mean()
     inside = np.abs(ours.images[0] - pixels / 255.0)[~outside].mean()
     assert kept < inside
+
+
+def test_lcm_img2img_matches_diffusers(tiny_lcm, tiny_lcm_src):
+    """LCM's img2img pipeline draws its steps from the low-noise part of the schedule instead of cutting it."""
+    from diffusers import LatentConsistencyModelImg2ImgPipeline
+
+    pixels = _init_pixels(seed=5)
+    eps, noise = _draws(2, (1, 4, 32, 32))
+    pipe = Pipeline.load(tiny_lcm, provider="cpu")
+    # one step: LCM injects no noise on its last step, so both sides stay deterministic
+    request = GenerateRequest("green grass", steps=1, seed=0, tile="none", strength=0.5,
+                              init=InputImage.from_bytes(png_bytes(pixels), "init"))
+    ours = pipe.generate(request, noise=Noise(noise, init=eps))
+    ref = _reference(LatentConsistencyModelImg2ImgPipeline, tiny_lcm_src, None, prompt="green grass",
+                     image=Image.fromarray(pixels), strength=0.5, num_inference_steps=1,
+                     guidance_scale=ours.request.guidance)
+    assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
