@@ -41,7 +41,7 @@ def test_seamless_variants_share_one_weights_file(tiny_sd):
 
 
 def test_a_graph_that_fails_parity_is_refused(tmp_path):
-    from aigc_bridge_export.onnx_export import ExportError, _export_graph, _Graph
+    from aigc_bridge_export.onnx_export import ExportError, _Graph, export_graphs
 
     class ShapeDependent(torch.nn.Module):  # traced at one shape, wrong at another: a real export fault
         def forward(self, x):
@@ -50,7 +50,7 @@ def test_a_graph_that_fails_parity_is_refused(tmp_path):
     graph = _Graph("bad", ShapeDependent(), lambda seed, b, h, w: (torch.ones(b, 1, h, w),), ["x"], ["y"],
                    {"x": {0: "b", 2: "h", 3: "w"}}, (1, 4, 4), (2, 6, 8))
     with pytest.raises(ExportError, match="parity check failed for bad.onnx"):
-        _export_graph(graph, tmp_path, tmp_path, fp16=False, optimize="none", log=lambda _m: None)
+        export_graphs([graph], tmp_path, fp16=False, optimize="none", log=lambda _m: None)
 
 
 def test_export_cli_and_bad_source(tiny_sd_src, tmp_path):
