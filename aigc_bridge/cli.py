@@ -170,8 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--force", action="store_true", help="replace existing key files")
     keys.set_defaults(run=_keys)
 
-    from aigc_bridge_export import bench as bench_module  # stdlib-only at import; torch loads when it runs
-    from aigc_bridge_export.families import FAMILY_NAMES  # stdlib-only too
+    try:  # absent where only the runtime is installed (the Blender extension's bundled sidecar)
+        from aigc_bridge_export import bench as bench_module  # stdlib-only at import; torch loads when it runs
+        from aigc_bridge_export.families import FAMILY_NAMES  # stdlib-only too
+    except ImportError:
+        pass
+    else:
+        _add_exporter_commands(sub, bench_module, FAMILY_NAMES)
+
+    # Its own parser (aigc_bridge.evaluation.run) reads the rest, so numpy loads only when it runs.
+    evaluate = sub.add_parser("eval", add_help=False,
+                              help="evaluate a texture model: colour and pattern adherence, seams, diversity")
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(run=_eval)
+    return parser
+
+
+def _add_exporter_commands(sub, bench_module, FAMILY_NAMES) -> None:  # noqa: N803
+    """`export` and `bench`: only where the exporter (aigc_bridge_export) is installed."""
 
     exp = sub.add_parser("export", help="export a model (diffusers folder, hub id, .safetensors / .ckpt) or an "
                                         "upscaler (.pth) to an ONNX package")
@@ -206,13 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
                            description=bench_module.__doc__.splitlines()[0])
     bench_module.build_parser(bench)
     bench.set_defaults(run=_bench)
-
-    # Its own parser (aigc_bridge.evaluation.run) reads the rest, so numpy loads only when it runs.
-    evaluate = sub.add_parser("eval", add_help=False,
-                              help="evaluate a texture model: colour and pattern adherence, seams, diversity")
-    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
-    evaluate.set_defaults(run=_eval)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

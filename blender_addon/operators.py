@@ -2,6 +2,8 @@
 in background mode, runs it to the end); no exception leaves an operator: failures are reported with the
 fix and shown in the panel."""
 
+import os
+
 import bpy
 from bpy.props import EnumProperty
 
@@ -41,6 +43,43 @@ def _client() -> Client:
     return connection.open_client(settings)
 
 
+def _new_sidecar() -> launcher.LocalSidecar:
+    prefs = preferences.get()
+    return launcher.LocalSidecar(bpy.path.abspath(prefs.python_env), bpy.path.abspath(prefs.model_dir),
+                                 preferences.sidecar_folder(), provider=prefs.provider)
+
+
+def _should_start_local() -> bool:
+    """Generate with nothing to talk to starts the local sidecar: Local mode, none started here (or the one
+    started here stopped), no connection file set and none at the default place."""
+    prefs = preferences.get()
+    sidecar = runner.STATE.sidecar
+    if prefs.connection_mode != connection.LOCAL or prefs.connection_file.strip():
+        return False
+    if sidecar is not None and sidecar.poll() in (launcher.STARTING, launcher.READY):
+        return False
+    return not os.path.exists(os.path.expanduser(connection.DEFAULT_CONNECTION_FILE))
+
+
+def _client_or_start(blocking: bool) -> Client | None:
+    """A client, or None when the run must wait for a local sidecar (started now, or still starting)."""
+    sidecar = runner.STATE.sidecar
+    if _should_start_local():
+        sidecar = _new_sidecar()
+        runner.start_sidecar(sidecar, blocking=blocking)
+        if sidecar.state == launcher.FAILED:
+            raise launcher.LauncherError(runner.STATE.error)
+    if sidecar is not None and sidecar.poll() == launcher.STARTING:
+        if blocking:
+            sidecar.wait_ready()
+            runner._sidecar_settled(sidecar)
+            if sidecar.state != launcher.READY:
+                raise launcher.LauncherError(runner.STATE.error)
+        else:
+            return None
+    return _client()
+
+
 class _Generate:
     """Shared by the two generate buttons: build the tasks, open a client, start the run."""
 
@@ -63,15 +102,16 @@ class _Generate:
             tasks = self.tasks(context)
             if isinstance(tasks, UserMessage):
                 return _report(self, tasks)
-            client = _client()
+            blocking = _blocking(self.mode)
+            client = _client_or_start(blocking)
             try:
                 self.prepare(context, tasks)
             except Exception:
-                client.close()
+                if client is not None:
+                    client.close()
                 raise
-            run = runner.Run(self.title, context.scene.name, client, client.endpoint, tasks,
-                             plans.import_options(context.scene))
-            blocking = _blocking(self.mode)
+            run = runner.Run(self.title, context.scene.name, client, client.endpoint if client else "", tasks,
+                             plans.import_options(context.scene), connect=_client)
             runner.start(run, blocking=blocking)
         except Exception as exc:
             return _report(self, describe(exc))
@@ -189,10 +229,8 @@ class AIGC_OT_start_sidecar(bpy.types.Operator):
     mode: _MODE
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        prefs = preferences.get()
         try:
-            sidecar = launcher.LocalSidecar(bpy.path.abspath(prefs.python_env), bpy.path.abspath(prefs.model_dir),
-                                            preferences.sidecar_folder(), provider=prefs.provider)
+            sidecar = _new_sidecar()
             runner.start_sidecar(sidecar, blocking=_blocking(self.mode))
         except launcher.LauncherError as exc:
             return _report(self, exc.user_message)

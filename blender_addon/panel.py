@@ -60,8 +60,13 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         step = run.progress
         detail = f" step {step.step}/{step.total}" if step is not None and step.stage == "denoising" else (
             f" {step.stage}" if step is not None and step.stage else "")
-        col.progress(factor=run.fraction, type="BAR",
-                     text=f"{run.task.label} ({run.index + 1}/{len(run.tasks)}){detail}")
+        if run.waiting:  # Generate started the local sidecar: it is loading the model
+            sidecar = state.sidecar
+            seconds = f", {sidecar.elapsed:.0f} s" if sidecar is not None else ""
+            col.progress(factor=0.0, type="BAR", text=f"Starting the local sidecar (loading the model{seconds})")
+        else:
+            col.progress(factor=run.fraction, type="BAR",
+                         text=f"{run.task.label} ({run.index + 1}/{len(run.tasks)}){detail}")
         col.operator("aigc.cancel", icon="CANCEL", text="Cancelling…" if run.cancelling else "Cancel")
     elif state.info:
         _wrapped(layout, context, state.info, icon="INFO")

@@ -652,38 +652,107 @@ def test_default_settings_with_the_shipped_model(scene, tmp_path) -> None:
 INSTALL_SCRIPT = r'''
 import json, os, sys
 import bpy, addon_utils
+import numpy as np
 bpy.ops.wm.read_factory_settings(use_empty=True)
 result = bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default", enable_on_install=True)
+ADDON = "bl_ext.user_default.aigc_bridge"
 import aigc_bridge.client, zmq
-report = {"install": sorted(result), "check": addon_utils.check("bl_ext.user_default.aigc_bridge"),
-          "panel": hasattr(bpy.types, "VIEW3D_PT_aigc"), "client": aigc_bridge.client.__file__,
-          "zmq": zmq.__file__, "zmq_version": zmq.__version__}
-addon_utils.disable("bl_ext.user_default.aigc_bridge", default_set=True)
-report["after_disable"] = hasattr(bpy.types, "VIEW3D_PT_aigc")
-print("REPORT " + json.dumps(report))
+runner = sys.modules[ADDON + ".runner"]
+prefs = bpy.context.preferences.addons[ADDON].preferences
+report = {"install": sorted(result), "check": addon_utils.check(ADDON), "panel": hasattr(bpy.types, "VIEW3D_PT_aigc"),
+          "client": aigc_bridge.client.__file__, "zmq": zmq.__file__, "python_env": prefs.python_env}
+bpy.ops.mesh.primitive_cube_add()
+cube = bpy.context.object
+cube["aigc_prompt"] = "red brick wall"
+settings = bpy.context.scene.aigc
+settings.texture_size, settings.steps, settings.seed_mode, settings.seed = "NATIVE", 8, "FIXED", 3
+report["generate"] = sorted(bpy.ops.aigc.texture_selected())  # background mode: blocking; starts the sidecar
+report["error"] = str(runner.STATE.error) if runner.STATE.error else None
+sidecar = runner.STATE.sidecar
+report["sidecar_pid"], report["sidecar_cmd"], report["sidecar_log"] = sidecar.proc.pid, sidecar.cmd, str(sidecar.log_path)
+with open(f"/proc/{sidecar.proc.pid}/maps") as f:
+    report["mapped"] = sorted({line.split()[-1] for line in f if ".so" in line and line.split()[-1].startswith("/")})
+material = cube.active_material
+image = material.node_tree.nodes["AIGC albedo"].image
+buf = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+image.pixels.foreach_get(buf)
+report["image"] = {"size": list(image.size), "rgb": buf.reshape(-1, 4)[:, :3].mean(0).tolist(),
+                   "model": material["aigc_model"], "seed": material["aigc_seed"], "packed": image.packed_file is not None}
+report["onnxruntime_in_blender"] = any(m.split(".")[0] == "onnxruntime" for m in sys.modules)
+print("REPORT " + json.dumps(report), flush=True)
 '''
 
 
-def test_built_zip_installs_from_disk(tmp_path) -> None:
-    import tomllib
+def _bundled_zip(tmp_path: Path) -> Path:
+    """Build the Linux x86-64 zip for this Blender line, as `make addon` does (wheels from build/wheels or PyPI)."""
+    out = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, str(SOURCE / "build.py"), "--platform", "linux-x64", "--line", "blender4.2",
+                           "--output-dir", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (zip_path,) = out.glob("aigc_bridge-*-blender4.2-linux_x64.zip")
+    return zip_path
 
-    manifest = tomllib.loads((SOURCE / "blender_manifest.toml").read_text())
-    zip_path = REPO / "dist" / f"{manifest['id']}-{manifest['version']}.zip"
-    if not zip_path.exists():
-        pytest.skip(f"{zip_path.name} is not built: run `make addon`")
-    # A Python without site-packages (-S) that sees bpy and nothing else of this venv: the client and pyzmq
-    # can only come from the zip's wheels.
+
+def _only_bpy_env(tmp_path: Path) -> dict:
+    """A Python that sees bpy and nothing else of this venv (run with -S): the client, pyzmq and the whole sidecar
+    runtime can only come from the zip's wheels; HOME is empty, so no ~/.aigc connection file is found."""
     only_bpy = tmp_path / "only-bpy"
     only_bpy.mkdir()
     (only_bpy / "bpy").symlink_to(Path(bpy.__file__).resolve().parents[4])
-    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user"), "MESA_SHADER_CACHE_DIR": str(tmp_path),
-           "PYTHONPATH": str(only_bpy)}
+    # numpy is Blender's own in real Blender; the bpy module's numpy is this venv's, so it is made visible alone
+    import numpy
+
+    (only_bpy / "numpy").symlink_to(Path(numpy.__file__).parent)
+    (tmp_path / "home").mkdir()
+    return {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user"), "MESA_SHADER_CACHE_DIR": str(tmp_path),
+            "PYTHONPATH": str(only_bpy), "HOME": str(tmp_path / "home")}
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="the Linux x86-64 zip")
+def test_bundled_zip_installs_and_generates_with_no_environment(tmp_path) -> None:
+    """Install from Disk into a clean Blender user folder, press Texture Selected with no Python environment set:
+    the sidecar starts on Blender's interpreter, isolated (-I -S), with the zip's packages alone, and the texture
+    lands in the cube's material. Blender never imports onnxruntime; quitting Blender stops the sidecar."""
+    zip_path = _bundled_zip(tmp_path)
     proc = subprocess.run([sys.executable, "-S", "-c", INSTALL_SCRIPT, str(zip_path)], capture_output=True,
-                          text=True, env=env, timeout=120, cwd=tmp_path)
+                          text=True, env=_only_bpy_env(tmp_path), timeout=300, cwd=tmp_path)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("REPORT ")), None)
     assert line, proc.stdout + proc.stderr
     report = json.loads(line[7:])
+    user = str(tmp_path / "user")
     assert report["install"] == ["FINISHED"] and report["check"] == [True, True] and report["panel"]
-    wheels_dir = str(tmp_path / "user")
-    assert report["client"].startswith(wheels_dir) and report["zmq"].startswith(wheels_dir), report
-    assert not report["after_disable"]
+    assert report["client"].startswith(user) and report["zmq"].startswith(user), report
+    assert report["python_env"] == "" and report["generate"] == ["FINISHED"] and report["error"] is None, report
+    # the texture: texture-mini's 32 px image, red for "red brick wall", packed into the material
+    image = report["image"]
+    assert image["size"] == [32, 32] and image["model"] == "texture-mini" and image["seed"] == 3 and image["packed"]
+    red, green, blue = image["rgb"]
+    assert red > blue + 0.1 and red > green
+    assert not report["onnxruntime_in_blender"]
+    # the sidecar: Blender's interpreter, isolated, on the extension's packages and nothing of this venv
+    cmd = report["sidecar_cmd"]
+    assert cmd[:3] == [sys.executable, "-I", "-S"], cmd
+    boot = next(x for x in Path(report["sidecar_log"]).read_text().splitlines()
+                if x.startswith("aigc-bridge sidecar bootstrap: "))
+    info = json.loads(boot.split(": ", 1)[1])
+    assert info["executable"] == sys.executable
+    assert info["isolated"] == 1 and info["no_site"] == 1 and info["no_user_site"] == 1
+    site = info["path"][0]
+    assert site.startswith(user) and site.endswith("site-packages"), info["path"]
+    venv = os.path.realpath(sys.prefix)
+    assert not any(os.path.realpath(p).startswith(venv) or "site-packages" in p for p in info["path"][1:]), info
+    mapped = report["mapped"]
+    assert any("onnxruntime" in m and m.startswith(site) for m in mapped), mapped  # the bundled onnxruntime runs
+    from_venv = [m for m in mapped if os.path.realpath(m).startswith(venv)]
+    assert all("/numpy" in m for m in from_venv), from_venv  # only numpy ("Blender's") comes from outside the zip
+    assert _gone(report["sidecar_pid"]), "the sidecar outlived Blender"
