@@ -198,11 +198,13 @@ def blender_cli(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def zip_wheels(path: Path) -> tuple[list[str], list[str]]:
-    """The wheels a zip holds, and the ones its own manifest lists."""
+    """The wheels a zip holds, and the ones its manifest lists for its platform."""
     with zipfile.ZipFile(path) as z:
         held = sorted(Path(n).name for n in z.namelist() if n.startswith("wheels/") and n.endswith(".whl"))
         manifest = tomllib.loads(z.read("blender_manifest.toml").decode("utf-8"))
-    return held, sorted(Path(w).name for w in manifest.get("wheels", []))
+    # a split zip keeps the source list in `wheels` and names its own in [build.generated]
+    listed = manifest.get("build", {}).get("generated", {}).get("wheels", manifest.get("wheels", []))
+    return held, sorted(Path(w).name for w in listed)
 
 
 def build_line(line: Line, platforms: list[str], runtime: Path, out_dir: Path, offline: bool) -> list[dict]:
