@@ -40,7 +40,7 @@ def record(scene: bpy.types.Scene, task: plans.Task, image_data: bytes, info: Ma
     item.request = json.dumps({"prompt": task.prompt, "fields": {**task.fields, "seed": seed}})
     item.panel = task.snapshot or "{}"
     label = task.target if task.kind == plans.TEXTURE else "backdrop"
-    item.image = scene_import.image_from_bytes(f"AIGC history {item.number} {label}", image_data,
+    item.image = scene_import.image_from_bytes(f"AIGC history {item.number} ({label})", image_data,
                                                scene_import.COLOUR_SPACES[scene_import.ALBEDO])
     while len(settings.history) > MAX_ITEMS:
         _remove(settings, 0)

@@ -10,7 +10,7 @@ from bpy.props import EnumProperty
 from aigc_bridge.client import Client
 from aigc_bridge.prompts import OBJECT_TEMPLATE, WORLD_TEMPLATE
 
-from . import connection, launcher, plans, preferences, runner, scene_data
+from . import connection, history, launcher, plans, preferences, runner, scene_data
 from .messages import UserMessage, describe, message
 from .scene_import import ensure_uvs
 
@@ -95,6 +95,9 @@ class _Generate:
 
     title = ""
 
+    def import_options(self, context: bpy.types.Context) -> plans.ImportOptions:
+        return plans.import_options(context.scene)
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
             if runner.busy():
@@ -111,7 +114,7 @@ class _Generate:
                     client.close()
                 raise
             run = runner.Run(self.title, context.scene.name, client, client.endpoint if client else "", tasks,
-                             plans.import_options(context.scene), connect=_client)
+                             self.import_options(context), connect=_client)
             runner.start(run, blocking=blocking)
         except Exception as exc:
             return _report(self, describe(exc))
@@ -157,6 +160,81 @@ class AIGC_OT_generate_backdrop(_Generate, bpy.types.Operator):
         if scene.aigc.backdrop_target == "PLANE" and scene.camera is None:
             return message("no_camera", "The scene has no camera for a backdrop plane")
         return [plans.backdrop_task(scene)]
+
+
+_INDEX = bpy.props.IntProperty(name="Index", default=-1, description="History item (-1: the active one)")
+
+
+def _history_item(op: bpy.types.Operator, context: bpy.types.Context):
+    entry = history.item(context.scene, op.index)
+    if entry is None:
+        _report(op, message("history", "No such history item"))
+    return entry
+
+
+class AIGC_OT_history_rerun(_Generate, bpy.types.Operator):
+    """Send a recorded generation again, unchanged (same prompt, seed and settings), to its object or backdrop"""
+
+    bl_idname = "aigc.history_rerun"
+    bl_label = "Re-run"
+    bl_options = {"REGISTER"}
+    title = "Re-run"
+    mode: _MODE
+    index: _INDEX
+
+    def tasks(self, context: bpy.types.Context) -> list[plans.Task] | UserMessage:
+        entry = history.item(context.scene, self.index)
+        if entry is None:
+            return message("history", "No such history item")
+        if entry.task_kind == plans.TEXTURE and bpy.data.objects.get(entry.target) is None:
+            return UserMessage(f"The object {entry.target!r} is gone from the scene.",
+                               "Recall it and texture another object instead", "history")
+        return [history.rerun_task(entry)]
+
+    def prepare(self, context: bpy.types.Context, tasks: list[plans.Task]) -> None:
+        if tasks[0].kind == plans.TEXTURE:
+            ensure_uvs(bpy.data.objects[tasks[0].target])
+
+    def import_options(self, context: bpy.types.Context) -> plans.ImportOptions:
+        entry = history.item(context.scene, self.index)
+        base = plans.import_options(context.scene)
+        return plans.ImportOptions(base.pack, base.directory, base.tile_repeat, entry.backdrop_target)
+
+
+class AIGC_OT_history_recall(bpy.types.Operator):
+    """Fill the panel from a recorded generation (settings, description, seed) and select its object"""
+
+    bl_idname = "aigc.history_recall"
+    bl_label = "Recall"
+    bl_options = {"REGISTER", "UNDO"}
+    index: _INDEX
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        entry = _history_item(self, context)
+        if entry is None:
+            return {"CANCELLED"}
+        try:
+            history.recall(context.scene, entry)
+        except Exception as exc:
+            return _report(self, describe(exc))
+        self.report({"INFO"}, f"Recalled #{entry.number} ({entry.target}, seed {entry.seed})")
+        return {"FINISHED"}
+
+
+class AIGC_OT_history_use_seed(bpy.types.Operator):
+    """Use this generation's seed (Seed: Fixed), keeping the rest of the panel"""
+
+    bl_idname = "aigc.history_use_seed"
+    bl_label = "Use Seed"
+    bl_options = {"REGISTER", "UNDO"}
+    index: _INDEX
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        entry = _history_item(self, context)
+        if entry is None or not entry.seed:
+            return {"CANCELLED"}
+        history.set_seed(context.scene.aigc, entry.seed)
+        return {"FINISHED"}
 
 
 class AIGC_OT_cancel(bpy.types.Operator):
@@ -264,7 +342,8 @@ class AIGC_OT_stop_sidecar(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (AIGC_OT_texture_selected, AIGC_OT_generate_backdrop, AIGC_OT_cancel, AIGC_OT_refresh_status,
+CLASSES = (AIGC_OT_texture_selected, AIGC_OT_generate_backdrop, AIGC_OT_history_rerun, AIGC_OT_history_recall,
+           AIGC_OT_history_use_seed, AIGC_OT_cancel, AIGC_OT_refresh_status,
            AIGC_OT_add_prompt, AIGC_OT_reset_templates, AIGC_OT_start_sidecar, AIGC_OT_stop_sidecar)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

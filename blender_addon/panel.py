@@ -101,7 +101,7 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     row = col.row(align=True)
     row.prop(settings, "seed_mode", expand=True)
     if settings.seed_mode == "FIXED":
-        col.prop(settings, "seed")
+        col.prop(settings, "seed_exact" if settings.seed_exact else "seed")
     row = col.row(align=True)
     row.prop(settings, "tiling")
     sub = row.row(align=True)
@@ -133,6 +133,37 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     col.operator("aigc.texture_selected", icon="TEXTURE")
     col.operator("aigc.generate_backdrop", icon="WORLD")
 
+    draw_history(layout, context, settings, run is None)
+
+
+def draw_history(layout: bpy.types.UILayout, context: bpy.types.Context, settings, idle: bool) -> None:
+    """The generations recorded in the .blend, newest last, with Recall, Re-run and Use Seed."""
+    layout.prop(settings, "show_history", icon="TRIA_DOWN" if settings.show_history else "TRIA_RIGHT",
+                text=f"History ({len(settings.history)})")
+    if not settings.show_history or not settings.history:
+        return
+    box = layout.box()
+    box.template_list("AIGC_UL_history", "", settings, "history", settings, "history_index", rows=4)
+    entry = settings.history[settings.history_index] if settings.history_index < len(settings.history) else None
+    if entry is None:
+        return
+    _wrapped(box, context, f"“{entry.prompt}”", icon="TEXT")
+    size = f"{entry.width} x {entry.height}" + (f" → {entry.target_size}" if entry.target_size else "")
+    box.label(text=f"seed {entry.seed} · {entry.steps} steps · {size} · {entry.model}")
+    row = box.row(align=True)
+    row.enabled = idle
+    row.operator("aigc.history_recall", icon="RECOVER_LAST")
+    row.operator("aigc.history_rerun", icon="FILE_REFRESH")
+    row.operator("aigc.history_use_seed", icon="DECORATE_KEYFRAME")
+
+
+class AIGC_UL_history(bpy.types.UIList):
+    """One line per generation: number, target, seed, model."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0) -> None:
+        label = f"#{item.number} {item.target if item.task_kind == 'texture' else 'backdrop'}"
+        layout.label(text=f"{label} · seed {item.seed} · {item.model}", icon="IMAGE_DATA")
+
 
 class VIEW3D_PT_aigc(bpy.types.Panel):
     bl_space_type = "VIEW_3D"
@@ -144,6 +175,6 @@ class VIEW3D_PT_aigc(bpy.types.Panel):
         draw_panel(self.layout, context)
 
 
-CLASSES = (VIEW3D_PT_aigc,)
+CLASSES = (AIGC_UL_history, VIEW3D_PT_aigc)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

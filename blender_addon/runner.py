@@ -21,7 +21,7 @@ import bpy
 
 from aigc_bridge.client import Client, GeneratedImage, GenerateResponse, Job, Pending, Progress
 
-from . import launcher, scene_import
+from . import history, launcher, scene_import
 from .messages import UserMessage, describe, message
 from .plans import BACKDROP, TEXTURE, ImportOptions, Task
 
@@ -326,6 +326,9 @@ def _apply(run: Run, task: Task, job: Job) -> None:
         else:
             scene_import.set_world_backdrop(scene, image.data, info, pack=options.pack,
                                             directory=options.directory)
+    scene = bpy.data.scenes.get(run.scene)
+    if scene is not None:
+        history.record(scene, task, image.data, info, options.backdrop_target)
     run.results.append(f"{task.label} seed {image.seed}")
 
 

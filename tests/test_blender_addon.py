@@ -198,6 +198,12 @@ class Recorder:
         self.log.append(("operator", idname, text))
         return SimpleNamespace()
 
+    def template_list(self, listtype: str, list_id: str, data, propname: str, active_data, active_propname: str,
+                      rows: int = 5) -> None:
+        assert hasattr(bpy.types, listtype), f"no UIList {listtype}"
+        assert propname in data.bl_rna.properties and active_propname in active_data.bl_rna.properties
+        self.log.append(("template_list", listtype, propname))
+
     def progress(self, *, factor: float, type: str, text: str) -> None:
         assert 0.0 <= factor <= 1.0 and type in {"BAR", "RING"}
         self.log.append(("progress", factor, text))
@@ -377,10 +383,13 @@ def test_blocking_path_for_scripts_and_reruns_replace(scene) -> None:
     assert bpy.app.background
     assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
     assert not scene.runner.busy() and crate.active_material["aigc_generated"]
-    counts = (len(bpy.data.materials), len(bpy.data.images), len(crate.active_material.node_tree.nodes))
+    def images() -> int:  # the material's images (the history keeps its own copies)
+        return sum(not image.name.startswith("AIGC history") for image in bpy.data.images)
+
+    counts = (len(bpy.data.materials), images(), len(crate.active_material.node_tree.nodes))
     first_seed = crate.active_material["aigc_seed"]
     assert bpy.ops.aigc.texture_selected() == {"FINISHED"}  # again: replaced, not piled up
-    assert (len(bpy.data.materials), len(bpy.data.images), len(crate.active_material.node_tree.nodes)) == counts
+    assert (len(bpy.data.materials), images(), len(crate.active_material.node_tree.nodes)) == counts
     assert crate.active_material["aigc_seed"] != first_seed  # random seeds
     assert not any(image.name.endswith(".001") for image in bpy.data.images)
     assert bpy.ops.aigc.generate_backdrop() == {"FINISHED"}
@@ -425,6 +434,68 @@ def test_cancel(scene) -> None:
     assert runner.STATE.info == "Cancelled." and runner.STATE.error is None
     assert not crate.active_material.get("aigc_generated")  # nothing applied, the second task never sent
     assert run.tasks[1].job is None
+
+
+# --- history -----------------------------------------------------------------------------------------------
+
+
+def test_history_survives_reopen_and_reruns_identically(scene, tmp_path) -> None:
+    """Generate twice (random seeds), save, reopen, recall the first, re-run it: the very same pixels."""
+    bpy.ops.mesh.primitive_cube_add()
+    crate = bpy.context.object
+    crate.name = "Crate"
+    crate["aigc_prompt"] = "oak crate"
+    settings = bpy.context.scene.aigc
+
+    def albedo() -> np.ndarray:
+        return pixels(bpy.data.objects["Crate"].active_material.node_tree.nodes["AIGC albedo"].image)
+
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
+    first = albedo()
+    crate["aigc_prompt"], settings.steps, settings.style = "mossy stone", 6, "overgrown"
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
+    second = albedo()
+    assert not np.array_equal(first, second)
+    items = settings.history
+    assert len(items) == 2 and items[0].seed != items[1].seed and settings.history_index == 1
+    assert np.array_equal(pixels(items[0].image), first)  # kept although the material's image was replaced
+
+    path = tmp_path / "history.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    settings = bpy.context.scene.aigc
+    items = settings.history
+    assert len(items) == 2
+    old = items[0]
+    assert old.target == "Crate" and old.model == "tiny-sd" and len(old.model_hash) == 64
+    assert old.prompt.startswith("oak crate, weathered sci-fi") and old.steps == 4 and old.kind == "texture"
+    assert (old.width, old.height, old.tile) == (64, 64, "both")
+    assert np.array_equal(pixels(old.image), first) and old.image.packed_file is not None
+    log = draw(scene)
+    assert ("template_list", "AIGC_UL_history", "history") in log
+    assert ("operator", "aigc.history_rerun", None) in log and ("operator", "aigc.history_recall", None) in log
+
+    assert bpy.ops.aigc.history_recall(index=0) == {"FINISHED"}
+    crate = bpy.data.objects["Crate"]
+    assert crate["aigc_prompt"] == "oak crate" and settings.style == "weathered sci-fi" and settings.steps == 4
+    assert settings.seed_mode == "FIXED" and str(plans_seed(settings)) == old.seed
+    assert bpy.context.view_layer.objects.active == crate and crate.select_get()
+
+    assert bpy.ops.aigc.history_rerun(index=0) == {"FINISHED"}
+    assert scene.runner.STATE.error is None, scene.runner.STATE.error
+    assert np.array_equal(albedo(), first), "re-run: the same request gives the same pixels"
+    assert len(settings.history) == 3 and settings.history[2].seed == old.seed
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}  # the recalled panel gives it too
+    assert np.array_equal(albedo(), first)
+
+    settings.seed_mode, settings.seed = "RANDOM", 0
+    assert bpy.ops.aigc.history_use_seed(index=1) == {"FINISHED"}
+    assert settings.seed_mode == "FIXED" and str(plans_seed(settings)) == settings.history[1].seed
+
+
+def plans_seed(settings) -> int | None:
+    return sys.modules[f"{ADDON}.plans"]._seed(settings)
 
 
 # --- failures: clear messages, nothing escapes, the next attempt works ------------------------------------
@@ -672,7 +743,7 @@ settings.texture_size, settings.steps, settings.seed_mode, settings.seed = "NATI
 report["generate"] = sorted(bpy.ops.aigc.texture_selected())  # background mode: blocking; starts the sidecar
 report["error"] = str(runner.STATE.error) if runner.STATE.error else None
 sidecar = runner.STATE.sidecar
-report["sidecar_pid"], report["sidecar_cmd"], report["sidecar_log"] = sidecar.proc.pid, sidecar.cmd, str(sidecar.log_path)
+report.update(sidecar_pid=sidecar.proc.pid, sidecar_cmd=sidecar.cmd, sidecar_log=str(sidecar.log_path))
 with open(f"/proc/{sidecar.proc.pid}/maps") as f:
     report["mapped"] = sorted({line.split()[-1] for line in f if ".so" in line and line.split()[-1].startswith("/")})
 material = cube.active_material
@@ -680,7 +751,8 @@ image = material.node_tree.nodes["AIGC albedo"].image
 buf = np.empty(image.size[0] * image.size[1] * 4, np.float32)
 image.pixels.foreach_get(buf)
 report["image"] = {"size": list(image.size), "rgb": buf.reshape(-1, 4)[:, :3].mean(0).tolist(),
-                   "model": material["aigc_model"], "seed": material["aigc_seed"], "packed": image.packed_file is not None}
+                   "model": material["aigc_model"], "seed": material["aigc_seed"],
+                   "packed": image.packed_file is not None}
 report["onnxruntime_in_blender"] = any(m.split(".")[0] == "onnxruntime" for m in sys.modules)
 print("REPORT " + json.dumps(report), flush=True)
 '''
