@@ -13,7 +13,7 @@ import atexit
 
 import bpy
 
-from . import operators, panel, preferences, properties, runner
+from . import exporting, operators, panel, preferences, properties, runner
 
 _MODULES = (properties, preferences, operators, panel)
 
@@ -27,6 +27,7 @@ def _on_load_pre(*_args) -> None:
 def _on_exit() -> None:
     runner.reset()
     runner.stop_sidecar_process()  # a local sidecar holds GPU memory: never leave it behind
+    exporting.cancel()
 
 
 def register() -> None:

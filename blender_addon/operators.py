@@ -10,7 +10,7 @@ from bpy.props import EnumProperty
 from aigc_bridge.client import Client
 from aigc_bridge.prompts import OBJECT_TEMPLATE, WORLD_TEMPLATE
 
-from . import connection, history, launcher, plans, preferences, runner, scene_data
+from . import connection, exporting, history, launcher, model_list, plans, preferences, runner, scene_data
 from .messages import UserMessage, describe, message
 from .scene_import import ensure_uvs
 
@@ -320,6 +320,91 @@ class AIGC_OT_start_sidecar(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class AIGC_OT_use_model(bpy.types.Operator):
+    """Serve this model: the local sidecar started here restarts on it, in the background"""
+
+    bl_idname = "aigc.use_model"
+    bl_label = "Use Model"
+    path: bpy.props.StringProperty(name="Path", description="The model package (empty: texture-mini)")
+    mode: _MODE
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if runner.busy():
+            return _report(self, message("busy_here", "A generation is running: the model cannot change now"))
+        prefs = preferences.get()
+        prefs.model_dir = self.path
+        runner.STATE.status = None
+        sidecar = runner.STATE.sidecar
+        if sidecar is None or sidecar.poll() not in (launcher.STARTING, launcher.READY):
+            self.report({"INFO"}, "The next generation starts the local sidecar on this model")
+            return {"FINISHED"}
+        try:
+            runner.start_sidecar(_new_sidecar(), blocking=_blocking(self.mode))  # replaces the running one
+        except launcher.LauncherError as exc:
+            return _report(self, exc.user_message)
+        except Exception as exc:
+            return _report(self, describe(exc))
+        if runner.STATE.sidecar.state == launcher.FAILED:
+            return _report(self, runner.STATE.error)
+        self.report({"INFO"}, runner.sidecar_summary())
+        return {"FINISHED"}
+
+
+class AIGC_OT_refresh_models(bpy.types.Operator):
+    """Read the models folder again"""
+
+    bl_idname = "aigc.refresh_models"
+    bl_label = "Refresh Models"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        model_list.forget()
+        return {"FINISHED"}
+
+
+class AIGC_OT_export_model(bpy.types.Operator):
+    """Export Source (a diffusers folder or hub id) into the models folder, in a background process of the
+    Python environment (it needs aigc-bridge[export]); Blender keeps running"""
+
+    bl_idname = "aigc.export_model"
+    bl_label = "Export Model"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        prefs = preferences.get()
+        try:
+            exporting.start(bpy.path.abspath(prefs.python_env), prefs.export_source,
+                            bpy.path.abspath(prefs.models_folder), prefs.export_name)
+        except launcher.LauncherError as exc:
+            exporting.STATE.message, exporting.STATE.failed = str(exc.user_message), True
+            return _report(self, exc.user_message)
+        runner._follow(False)  # the timer follows it (scripts pump runner.tick)
+        self.report({"INFO"}, f"Exporting {prefs.export_source}…")
+        return {"FINISHED"}
+
+
+class AIGC_OT_cancel_export(bpy.types.Operator):
+    """Stop the running export"""
+
+    bl_idname = "aigc.cancel_export"
+    bl_label = "Cancel Export"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        exporting.cancel()
+        return {"FINISHED"}
+
+
+class AIGC_MT_models(bpy.types.Menu):
+    """The models to switch to (Preferences > Models folder, plus texture-mini)"""
+
+    bl_idname = "AIGC_MT_models"
+    bl_label = "Model"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        prefs = preferences.get()
+        for info in model_list.scan(bpy.path.abspath(prefs.models_folder)).models:
+            if not info.problem:
+                self.layout.operator("aigc.use_model", text=info.name).path = info.path
+
+
 class AIGC_OT_stop_sidecar(bpy.types.Operator):
     """Stop the local sidecar started here, freeing its GPU memory"""
 
@@ -344,6 +429,7 @@ class AIGC_OT_stop_sidecar(bpy.types.Operator):
 
 CLASSES = (AIGC_OT_texture_selected, AIGC_OT_generate_backdrop, AIGC_OT_history_rerun, AIGC_OT_history_recall,
            AIGC_OT_history_use_seed, AIGC_OT_cancel, AIGC_OT_refresh_status,
-           AIGC_OT_add_prompt, AIGC_OT_reset_templates, AIGC_OT_start_sidecar, AIGC_OT_stop_sidecar)
+           AIGC_OT_add_prompt, AIGC_OT_reset_templates, AIGC_OT_start_sidecar, AIGC_OT_use_model,
+           AIGC_OT_refresh_models, AIGC_OT_export_model, AIGC_OT_cancel_export, AIGC_MT_models, AIGC_OT_stop_sidecar)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

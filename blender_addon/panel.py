@@ -49,6 +49,7 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     row.operator("aigc.refresh_status", text="", icon="FILE_REFRESH")
     if state.sidecar is not None:
         box.label(text=runner.sidecar_summary())
+    draw_model_picker(box, context)
     if state.status_error is not None:
         _wrapped(box, context, str(state.status_error), icon="ERROR")
     if state.error is not None:
@@ -134,6 +135,19 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     col.operator("aigc.generate_backdrop", icon="WORLD")
 
     draw_history(layout, context, settings, run is None)
+
+
+def draw_model_picker(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """The model the local sidecar serves, and a menu to switch (Preferences list them)."""
+    from . import model_list, preferences
+
+    prefs = preferences.get()
+    if prefs.connection_mode != "LOCAL":
+        return
+    active = bpy.path.abspath(prefs.model_dir).rstrip("/\\")
+    name = next((m.name for m in model_list.scan(bpy.path.abspath(prefs.models_folder)).models
+                 if m.path.rstrip("/\\") == active), active or "texture-mini")
+    layout.menu("AIGC_MT_models", text=f"Model: {name}", icon="FILE_3D")
 
 
 def draw_history(layout: bpy.types.UILayout, context: bpy.types.Context, settings, idle: bool) -> None:

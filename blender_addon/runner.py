@@ -21,7 +21,7 @@ import bpy
 
 from aigc_bridge.client import Client, GeneratedImage, GenerateResponse, Job, Pending, Progress
 
-from . import history, launcher, scene_import
+from . import exporting, history, launcher, scene_import
 from .messages import UserMessage, describe, message
 from .plans import BACKDROP, TEXTURE, ImportOptions, Task
 
@@ -141,7 +141,7 @@ def tick() -> float | None:
     None when idle. Safe to call at any time, from the timer or a test loop."""
     started = time.perf_counter()
     delays = []
-    for advance in (_advance_run, _advance_status, _advance_sidecar):
+    for advance in (_advance_run, _advance_status, _advance_sidecar, exporting.advance):
         try:
             delays.append(advance())
         except Exception as exc:  # never into Blender's timer loop: a message in the panel instead

@@ -198,6 +198,11 @@ class Recorder:
         self.log.append(("operator", idname, text))
         return SimpleNamespace()
 
+    def menu(self, menu: str, *, text: str = "", icon: str = "NONE") -> None:
+        assert hasattr(bpy.types, menu), f"no menu {menu}"
+        self._icon(icon)
+        self.log.append(("menu", menu, text))
+
     def template_list(self, listtype: str, list_id: str, data, propname: str, active_data, active_propname: str,
                       rows: int = 5) -> None:
         assert hasattr(bpy.types, listtype), f"no UIList {listtype}"
@@ -599,6 +604,136 @@ def test_local_sidecar_start_status_stop(scene, tiny_sd) -> None:
         assert runner.STATE.status["model"]["id"] == "texture-mini"
     finally:
         assert bpy.ops.aigc.stop_sidecar() == {"FINISHED"}
+
+
+# --- models, runtimes and their failures ------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_only(scene, monkeypatch, tmp_path):
+    """Local mode with nothing to connect to (no connection file set, none at the default place): Generate
+    starts the local sidecar, from this venv as the named Python environment."""
+    monkeypatch.setattr(sys.modules[f"{ADDON}.connection"], "DEFAULT_CONNECTION_FILE", str(tmp_path / "none.json"))
+    prefs = scene.prefs
+    prefs.connection_file, prefs.python_env, prefs.provider, prefs.model_dir = "", sys.prefix, "cpu", ""
+    yield scene
+    scene.runner.stop_sidecar_process()
+    prefs.python_env = prefs.model_dir = prefs.models_folder = ""
+
+
+def _draw_prefs(prefs) -> list:
+    log: list = []
+    values = {p.identifier: getattr(prefs, p.identifier) for p in prefs.bl_rna.properties if p.identifier != "rna_type"}
+    proxy = SimpleNamespace(layout=Recorder(log), **values)
+    proxy.bl_rna = prefs.bl_rna
+    type(prefs).draw(proxy, bpy.context)
+    return log
+
+
+def test_models_folder_lists_packages_and_switching_changes_the_output(local_only, tiny_sd, tiny_lcm, tmp_path) -> None:
+    runner, prefs = local_only.runner, local_only.prefs
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "alpha").symlink_to(tiny_sd)
+    (folder / "beta").symlink_to(tiny_lcm)
+    (folder / "notes").mkdir()  # not a package: not listed
+    prefs.models_folder = str(folder)
+    text = labels(_draw_prefs(prefs))
+    assert "texture-mini (built in) · sd" in text and "tileable" in text
+    assert "tiny-sd · sd ·" in text and "tiny-lcm · sd ·" in text and " MB · 64x64 px · tileable" in text
+    assert "notes" not in text
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.object
+    settings = bpy.context.scene.aigc
+    settings.seed_mode, settings.seed = "FIXED", 11
+
+    def generate() -> tuple[np.ndarray, str]:
+        assert bpy.ops.aigc.texture_selected() == {"FINISHED"}, runner.STATE.error
+        material = cube.active_material
+        return pixels(material.node_tree.nodes["AIGC albedo"].image), material["aigc_model"]
+
+    assert bpy.ops.aigc.use_model(path=str(folder / "alpha")) == {"FINISHED"}
+    assert runner.STATE.sidecar is None  # nothing running: the next generation starts it on this model
+    log = draw(local_only)
+    assert ("menu", "AIGC_MT_models", "Model: tiny-sd") in log
+    first, model = generate()  # starts the local sidecar (blocking here: background mode)
+    assert model == "tiny-sd"
+    sidecar = runner.STATE.sidecar
+    assert bpy.ops.aigc.use_model(path=str(folder / "beta"), mode="TIMER") == {"FINISHED"}
+    assert sidecar.proc.poll() is not None and runner.STATE.sidecar.state == "starting"  # restarting, in the background
+    assert max(pump(runner, timeout=60)) < TIMER_LIMIT_S
+    assert runner.STATE.sidecar.state == "ready" and runner.STATE.error is None
+    second, model = generate()
+    assert model == "tiny-lcm" and not np.array_equal(first, second)
+    assert ("menu", "AIGC_MT_models", "Model: tiny-lcm") in draw(local_only)
+
+
+def test_clear_messages_for_runtime_model_and_folder_failures(local_only, tiny_sd, tmp_path) -> None:
+    """No bundled runtime (a source install has none), a model the sidecar cannot load, a models folder that does
+    not exist: each a message with its fix, in the panel or the preferences; the timer never blocks."""
+    runner, prefs = local_only.runner, local_only.prefs
+    two_objects()
+    prefs.python_env = ""  # the bundled runtime: this source checkout has none
+    with pytest.raises(RuntimeError, match=r"no runtime bundled for this Blender \(linux-x64, Python 3\.11\)"):
+        bpy.ops.aigc.texture_selected(mode="TIMER")
+    assert runner.STATE.error.code == "no_runtime" and "Install the extension zip made for this platform" in (
+        runner.STATE.error.fix)
+    assert "no runtime bundled" in labels(draw(local_only))
+
+    prefs.python_env = sys.prefix
+    broken = tmp_path / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "model.json").write_text("{not json")
+    prefs.models_folder = str(broken.parent)
+    assert "broken: model.json cannot be read" in labels(_draw_prefs(prefs))
+    assert bpy.ops.aigc.use_model(path=str(broken)) == {"FINISHED"}
+    assert bpy.ops.aigc.texture_selected(mode="TIMER") == {"FINISHED"}  # starts the sidecar on it, returns at once
+    assert max(pump(runner, timeout=60)) < TIMER_LIMIT_S
+    error = runner.STATE.error
+    assert error is not None and error.code == "sidecar_model", error
+    assert "The sidecar could not start:" in error.text and "is not valid JSON" in error.text
+    assert "Pick another model" in error.fix and not runner.busy()
+    assert "could not start" in labels(draw(local_only))
+
+    prefs.models_folder = str(tmp_path / "nowhere")
+    text = labels(_draw_prefs(prefs))
+    assert f"The models folder {tmp_path / 'nowhere'} does not exist" in text and "Fix: Choose an existing" in text
+    assert "texture-mini (built in)" in text  # the built-in model is still offered
+    assert bpy.ops.aigc.use_model(path="") == {"FINISHED"}  # texture-mini: works again
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"} and runner.STATE.error is None
+    assert bpy.data.objects["Barrel"].active_material["aigc_model"] == "texture-mini"
+
+
+def test_export_from_preferences_in_a_background_process(local_only, tiny_sd_src, tmp_path) -> None:
+    runner, prefs = local_only.runner, local_only.prefs
+    exporting = sys.modules[f"{ADDON}.exporting"]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    prefs.models_folder, prefs.export_source, prefs.export_name = str(folder), str(tiny_sd_src), "my-tiny"
+    prefs.python_env = ""
+    with pytest.raises(RuntimeError, match="the runtime bundled with the extension has no torch"):
+        bpy.ops.aigc.export_model()
+    prefs.python_env = sys.prefix  # this venv has the export extra
+    assert bpy.ops.aigc.export_model() == {"FINISHED"}
+    job = exporting.STATE.job
+    assert job is not None and job.running and job.proc.pid != os.getpid()  # never in Blender's process
+    fractions = []
+
+    def watch():
+        if exporting.STATE.job is not None:
+            fractions.append(exporting.STATE.job.fraction)
+            assert any(e[0] == "progress" for e in _draw_prefs(prefs))
+        return False
+
+    durations = pump(runner, timeout=400, until=watch)
+    assert max(durations) < TIMER_LIMIT_S
+    assert exporting.STATE.job is None and not exporting.STATE.failed, exporting.STATE.message
+    assert exporting.STATE.message.startswith("Exported my-tiny into") and fractions[-1] > 0
+    assert "my-tiny · sd ·" in labels(_draw_prefs(prefs))
+    bpy.ops.mesh.primitive_cube_add()
+    assert bpy.ops.aigc.use_model(path=str(folder / "my-tiny")) == {"FINISHED"}
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}, runner.STATE.error
+    assert bpy.context.object.active_material["aigc_model"] == "my-tiny"
 
 
 # --- what leaves Blender ---------------------------------------------------------------------------------
