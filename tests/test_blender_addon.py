@@ -966,3 +966,49 @@ def test_bundled_zip_installs_and_generates_with_no_environment(tmp_path) -> Non
     from_venv = [m for m in mapped if os.path.realpath(m).startswith(venv)]
     assert all("/numpy" in m for m in from_venv), from_venv  # only numpy ("Blender's") comes from outside the zip
     assert _gone(report["sidecar_pid"]), "the sidecar outlived Blender"
+
+
+def test_build_fails_naming_a_wheel_missing_for_a_claimed_platform(monkeypatch, tmp_path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("addon_build", SOURCE / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "addon_build", build)  # dataclasses look their module up
+    spec.loader.exec_module(build)
+    monkeypatch.setattr(build, "CACHE", tmp_path / "wheels")
+    monkeypatch.setattr(build, "BUILD", tmp_path)
+    build.CACHE.mkdir()
+    tags, _ = build.PLATFORMS["macos-x64"]
+    monkeypatch.setitem(build.PLATFORMS, "macos-x64", (tags, "onnxruntime==1.32.0"))  # no Intel-macOS wheel
+    with pytest.raises(SystemExit) as exc:
+        build.download("macos-x64", "3.11", offline=False)
+    text = str(exc.value)
+    assert "no onnxruntime==1.32.0 wheel for macos-x64 (Python 3.11" in text and "Pin a version" in text
+    with pytest.raises(SystemExit, match="--offline, but build/wheels has no wheels for linux-x64"):
+        build.download("linux-x64", "3.13", offline=True)
+
+
+def test_sidecar_stops_when_blender_is_killed(tiny_sd, tmp_path) -> None:
+    """Blender gone without quitting (killed, crashed): the sidecar notices its parent is gone and stops as on
+    SIGTERM (its connection file removed)."""
+    connection_file = tmp_path / "sidecar.json"
+    boot = [sys.executable, str(SOURCE / "sidecar_boot.py"), "--parent", "PARENT", "--", "serve", "--model",
+            str(tiny_sd), "--bind", "tcp://127.0.0.1:0", "--connection-file", str(connection_file)]
+    blender = subprocess.Popen([sys.executable, "-c", (
+        "import json, os, subprocess, sys, time\n"
+        "cmd = [a.replace('PARENT', str(os.getpid())) for a in json.loads(sys.argv[1])]\n"
+        "child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"), json.dumps(boot)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(blender.stdout.readline())
+        deadline = time.monotonic() + 60
+        while not connection_file.exists():
+            assert time.monotonic() < deadline, "the sidecar never became ready"
+            time.sleep(0.1)
+        blender.kill()
+        blender.wait()
+        assert _gone(pid), "the sidecar outlived a killed Blender"
+        assert not connection_file.exists()
+    finally:
+        if blender.poll() is None:
+            blender.kill()
+
