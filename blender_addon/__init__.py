@@ -5,8 +5,10 @@ Modules, one job each: ``properties`` (scene settings), ``preferences`` (which s
 N-panel), ``operators`` (the buttons), ``runner`` (the non-blocking timer loop), ``plans`` (scene -> requests,
 with prompts from ``aigc_bridge.prompts``), ``scene_data`` (bpy -> plain scene description),
 ``scene_import`` (images -> materials / World; no UI, the batch runner uses it too), ``connection`` and
-``launcher`` (reaching or starting a sidecar), ``messages`` (errors with their fix). ``build.py`` builds the
-extension zip and is not part of it.
+``launcher`` (reaching or starting a sidecar: the bundled runtime or a named environment), ``sidecar_boot``
+(the script the sidecar's own Python runs), ``history`` (generations recorded in the .blend), ``model_list``
+(the models folder), ``exporting`` (export in a background process), ``messages`` (errors with their fix).
+``build.py`` builds the extension zips and is not part of them.
 """
 
 import atexit
