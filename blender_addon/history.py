@@ -20,8 +20,9 @@ MAX_ITEMS = 100  # the oldest go (with their images) beyond this: a .blend must 
 
 
 def record(scene: bpy.types.Scene, task: plans.Task, image_data: bytes, info: Mapping,
-           backdrop_target: str = "WORLD") -> bpy.types.PropertyGroup:
-    """Add one finished generation (newest last) and make it the active item."""
+           backdrop_target: str = "WORLD") -> None:
+    """Add one finished generation (newest last) and make it the active item. (Items move when the collection
+    changes: nothing here keeps one across an add or remove.)"""
     settings = scene.aigc
     settings.history_counter += 1
     item = settings.history.add()
@@ -45,7 +46,6 @@ def record(scene: bpy.types.Scene, task: plans.Task, image_data: bytes, info: Ma
     while len(settings.history) > MAX_ITEMS:
         _remove(settings, 0)
     settings.history_index = len(settings.history) - 1
-    return item
 
 
 def _remove(settings, index: int) -> None:
