@@ -207,6 +207,14 @@ def zip_wheels(path: Path) -> tuple[list[str], list[str]]:
     return held, sorted(Path(w).name for w in listed)
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """The staged extension shares the cached wheels' disk space where the file system allows."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def build_line(line: Line, platforms: list[str], runtime: Path, out_dir: Path, offline: bool) -> list[dict]:
     log(f"{line.name} (Python {line.python}): wheels for {', '.join(platforms)}")
     expected: dict[str, set[str]] = {}
@@ -221,7 +229,7 @@ def build_line(line: Line, platforms: list[str], runtime: Path, out_dir: Path, o
         expected[platform] = {runtime.name, *(f.name for f in files)}
         for f in files:
             if not (stage / "wheels" / f.name).exists():
-                shutil.copy2(f, stage / "wheels" / f.name)
+                _link_or_copy(f, stage / "wheels" / f.name)
     names = sorted(p.name for p in (stage / "wheels").glob("*.whl"))
     (stage / "blender_manifest.toml").write_text(manifest_text(line, names, platforms), encoding="utf-8")
 
