@@ -657,8 +657,15 @@ def test_models_folder_lists_packages_and_switching_changes_the_output(local_onl
     assert runner.STATE.sidecar is None  # nothing running: the next generation starts it on this model
     log = draw(local_only)
     assert ("menu", "AIGC_MT_models", "Model: tiny-sd") in log
-    first, model = generate()  # starts the local sidecar (blocking here: background mode)
-    assert model == "tiny-sd"
+    # Generate with nothing running starts the local sidecar and returns at once; a progress line while it loads
+    assert bpy.ops.aigc.texture_selected(mode="TIMER") == {"FINISHED"}
+    assert runner.STATE.run.waiting and runner.STATE.sidecar.state == "starting"
+    assert any(e[0] == "progress" and e[2].startswith("Starting the local sidecar") for e in draw(local_only))
+    assert max(pump(runner, timeout=60)) < TIMER_LIMIT_S
+    assert runner.STATE.error is None and cube.active_material["aigc_model"] == "tiny-sd"
+    through_timer = pixels(cube.active_material.node_tree.nodes["AIGC albedo"].image)
+    first, model = generate()  # the same seed again, blocking this time: the same pixels
+    assert model == "tiny-sd" and np.array_equal(first, through_timer)
     sidecar = runner.STATE.sidecar
     assert bpy.ops.aigc.use_model(path=str(folder / "beta"), mode="TIMER") == {"FINISHED"}
     assert sidecar.proc.poll() is not None and runner.STATE.sidecar.state == "starting"  # restarting, in the background
