@@ -269,7 +269,7 @@ def test_client_result_bytes_are_the_in_process_bytes(mini, mini_pipeline, red_b
 def test_bad_images_the_model_refuses_through_the_client(mini, red_bricks) -> None:
     """What only the model or the decoder can tell, answered as errors naming the field; the sidecar serves on."""
     cut = red_bricks[: len(red_bricks) // 2]  # header intact, data cut short
-    cases = [({"init": red_bricks, "mask": png(16, 16, (255, 255, 255), "L")}, "mask", "must have its init's size"),
+    cases = [({"init": red_bricks, "mask": png(16, 16, (255, 255, 255), "L")}, "mask", "must be the init's size"),
              ({"init": cut}, "init", "not a readable image"),
              ({"init": red_bricks, "strength": 0.05, "steps": 4}, "strength", "steps x strength"),
              ({"controls": [{"name": "canny", "image": red_bricks}]}, "controls", "canny")]
