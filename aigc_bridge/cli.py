@@ -438,6 +438,8 @@ def _generate_remote(args: argparse.Namespace, request) -> int:
         finally:
             for bar in bars:
                 bar.close()
+    for message in response.warnings:
+        print(f"aigc-bridge: warning: {message}", file=sys.stderr)
     for i, path in enumerate(output_paths(args.output, len(response.images))):
         image = response.images[i]
         named = [(path.with_suffix(".png"), "image", "srgb", image.data)]
