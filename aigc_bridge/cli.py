@@ -480,7 +480,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     """Validate everything (file, targets, model limits) before loading anything slow, then run."""
     from .batch import BatchOptions, load_job_file, run_batch
-    from .batch.jobfile import output_filenames
+    from .batch.jobfile import input_problems, output_filenames
     from .batch.runner import describe
     from .batch.spec import JobFileError
 
@@ -517,6 +517,8 @@ def _batch(args: argparse.Namespace) -> int:
         problems = check_targets(blend, list(job_file.jobs), args.blender)
         if problems:
             raise JobFileError(problems, args.jobs)
+    if args.check and input_problems(job_file.jobs):
+        raise JobFileError(input_problems(job_file.jobs), args.jobs)
     if args.check and args.model is None:
         print(f"{args.jobs}: {len(job_file.jobs)} jobs, {sum(len(j.stems) for j in job_file.jobs)} output sets: ok")
         return 0
