@@ -101,6 +101,14 @@ def bad_cases():
         "between 0.0 and 1.0"
     yield "mask without init", {"prompt": "p", "mask": {"buffer": 0}, "buffers": [desc(0, RED)]}, [RED], "mask", \
         "give init"
+    small = png(16, 16, (255, 255, 255), "L")
+    yield "mask of another size", {**init, "mask": {"buffer": 1}, "buffers": [desc(0, RED), desc(1, small)]}, \
+        [RED, small], "mask", "must be the init's size"
+    yield "controlnet the package lacks", {"prompt": "p", "steps": 2, "controls": [{"name": "canny", "image":
+                                           {"buffer": 0}}], "buffers": [desc(0, RED)]}, [RED], \
+        "controls[0].name", "no controlnet 'canny'"
+    yield "steps x strength below 1", {**init, "strength": 0.2, "buffers": [desc(0, RED)]}, [RED], "strength", \
+        "steps x strength must be at least 1"
     yield "too many controls", {"prompt": "p", "controls": [{"name": "depth", "image": {"buffer": i}}
                                                            for i in range(5)],
                                 "buffers": [desc(i, RED) for i in range(5)]}, [RED] * 5, "controls", "limit is 4"
