@@ -292,6 +292,9 @@ def _add_exporter_commands(sub, bench_module, FAMILY_NAMES) -> None:  # noqa: N8
     addcn.add_argument("package", type=Path, help="the model package folder")
     addcn.add_argument("source", help="the ControlNet: a diffusers folder or hub id")
     addcn.add_argument("--name", help="its name in requests (default: from the source, e.g. depth, canny)")
+    addcn.add_argument("--base", metavar="SOURCE",
+                       help="for a package exported without controlnet inputs: the model it was exported from "
+                            "(a diffusers folder, hub id or checkpoint), to add the UNet's residual-input variant")
     addcn.set_defaults(run=_add_controlnet)
 
 
@@ -447,6 +450,8 @@ def _generate_remote(args: argparse.Namespace, request) -> int:
         finally:
             for bar in bars:
                 bar.close()
+    for message in response.warnings:
+        print(f"aigc-bridge: warning: {message}", file=sys.stderr)
     for i, path in enumerate(output_paths(args.output, len(response.images))):
         image = response.images[i]
         named = [(path.with_suffix(".png"), "image", "srgb", image.data)]
@@ -487,7 +492,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     """Validate everything (file, targets, model limits) before loading anything slow, then run."""
     from .batch import BatchOptions, load_job_file, run_batch
-    from .batch.jobfile import output_filenames
+    from .batch.jobfile import input_problems, output_filenames
     from .batch.runner import describe
     from .batch.spec import JobFileError
 
@@ -524,6 +529,8 @@ def _batch(args: argparse.Namespace) -> int:
         problems = check_targets(blend, list(job_file.jobs), args.blender)
         if problems:
             raise JobFileError(problems, args.jobs)
+    if args.check and input_problems(job_file.jobs):
+        raise JobFileError(input_problems(job_file.jobs), args.jobs)
     if args.check and args.model is None:
         print(f"{args.jobs}: {len(job_file.jobs)} jobs, {sum(len(j.stems) for j in job_file.jobs)} output sets: ok")
         return 0
@@ -597,7 +604,7 @@ def _add_controlnet(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise AigcError("missing_dependency", f"add-controlnet needs the export extra ({exc.name} is missing): "
                         "pip install 'aigc-bridge[export]'", "export") from None
-    add_controlnet(args.package, args.source, args.name)
+    add_controlnet(args.package, args.source, args.name, base=args.base)
     return 0
 
 

@@ -69,7 +69,7 @@ _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILE
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _REQUEST_FIELDS = frozenset(f.name for f in fields(GenerateRequest))
 # Request fields a server older than protocol 1.2 does not know: it would ignore them and make a plain image.
-_SINCE_1_2 = ("init", "strength", "mask", "mask_blur", "keep_unmasked", "controls", "depth")
+_SINCE_1_2 = ("init", "strength", "mask", "mask_blur", "keep_unmasked", "controls", "depth", "seamless_band")
 _DEFAULTS = {f.name: f.default for f in fields(GenerateRequest)}
 
 
@@ -238,6 +238,7 @@ class GenerateResponse:
     ignored_fields: tuple[str, ...]
     request_key: str
     server_session: str
+    warnings: tuple[str, ...] = ()  # what the engine noted: a prompt cut to its tokens, how an init was resized
 
     @property
     def seeds(self) -> list[int]:
@@ -262,7 +263,7 @@ class GenerateResponse:
                            model_id=img["model_id"], model_hash=img["model_hash"], provider=img["provider"])
             for img in c["images"])
         return cls(images, c["request"], c["composed_prompt"], tuple(c.get("ignored_fields", ())),
-                   msg.request_key or "", msg.session)
+                   msg.request_key or "", msg.session, tuple(c.get("warnings", ())))
 
 
 class JobCancelled(Cancelled):

@@ -10,6 +10,7 @@ import json
 import threading
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 import zmq
 
@@ -100,6 +101,14 @@ def bad_cases():
         "between 0.0 and 1.0"
     yield "mask without init", {"prompt": "p", "mask": {"buffer": 0}, "buffers": [desc(0, RED)]}, [RED], "mask", \
         "give init"
+    small = png(16, 16, (255, 255, 255), "L")
+    yield "mask of another size", {**init, "mask": {"buffer": 1}, "buffers": [desc(0, RED), desc(1, small)]}, \
+        [RED, small], "mask", "must be the init's size"
+    yield "controlnet the package lacks", {"prompt": "p", "steps": 2, "controls": [{"name": "canny", "image":
+                                           {"buffer": 0}}], "buffers": [desc(0, RED)]}, [RED], \
+        "controls[0].name", "no controlnet 'canny'"
+    yield "steps x strength below 1", {**init, "strength": 0.2, "buffers": [desc(0, RED)]}, [RED], "strength", \
+        "steps x strength must be at least 1"
     yield "too many controls", {"prompt": "p", "controls": [{"name": "depth", "image": {"buffer": i}}
                                                            for i in range(5)],
                                 "buffers": [desc(i, RED) for i in range(5)]}, [RED] * 5, "controls", "limit is 4"
@@ -280,3 +289,53 @@ def test_bad_images_the_model_refuses_through_the_client(mini, red_bricks) -> No
             assert info.value.code == "invalid_request", (fields.keys(), info.value)
             assert (info.value.field or "").startswith(field) and words in info.value.message, info.value
         assert client.generate("still serving", seed=1, steps=2).seeds == [1]
+
+
+def test_cli_generate_endpoint_with_an_init_writes_the_in_process_file(mini, red_bricks, tmp_path) -> None:
+    from .conftest import cli
+
+    big = tmp_path / "wall.png"  # twice the model's size: both sides say how they resized it
+    big.write_bytes(png_from(np.kron(rgb(red_bricks), np.ones((2, 2, 1))).astype(np.uint8)))
+    mask = tmp_path / "mask.png"
+    square = np.zeros((64, 64), np.uint8)
+    square[16:48, 16:48] = 255
+    mask.write_bytes(png_from(square))
+    args = ["generate", "blue tiles", "--seed", "9", "--steps", "10", "--init", str(big), "--mask", str(mask),
+            "--strength", "0.8", "--mask-blur", "2", "--width", "32", "--height", "32"]
+    here = cli(*args, "-o", str(tmp_path / "here.png"))
+    there = cli(*args, "-o", str(tmp_path / "there.png"), "--connection-file", str(mini.connection_file))
+    assert here.returncode == 0 and there.returncode == 0, here.stderr + there.stderr
+    assert (tmp_path / "there.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    assert "resized 64x64" in here.stderr and "resized 64x64" in there.stderr
+
+
+def test_seamless_band_through_the_sidecar_makes_the_init_tile_and_keeps_the_rest(mini, mini_pipeline) -> None:
+    """What Blender's Make Tileable sends: a non-tiling image with seamless_band comes back the same size,
+    as make_seamless makes it in process (the same bytes), wrapping, with every pixel outside the band the
+    input's."""
+    import numpy as np
+    from PIL import Image
+
+    from aigc_bridge.assets.seams import seam_ratio
+    from aigc_bridge.assets.writers import png_bytes
+    from aigc_bridge.request import GenerateRequest
+    from aigc_bridge.seamless import make_seamless
+
+    photo = mini_pipeline.generate(GenerateRequest("grey stone floor", seed=6, tile="none")).images[0]
+    big = np.asarray(Image.fromarray(np.round(photo * 255).astype(np.uint8)).resize((64, 48), Image.LANCZOS))
+    with mini.client(timeout=60) as client:
+        out = client.generate("grey stone floor", init=png_from(big), seamless_band=0.25, seed=5, steps=20)
+    image = out.images[0]
+    mine = make_seamless(mini_pipeline, big / np.float32(255.0), prompt="grey stone floor", seed=5, steps=20)
+    assert image.data == png_bytes(mine.image)
+    after = rgb(image.data)
+    assert after.shape == big.shape
+    assert out.request["seamless_band"] == 0.25 and out.request["init"]["width"] == 64
+    before_ratio = np.mean([seam_ratio(big / 255.0, axis) for axis in (0, 1)])
+    after_ratio = np.mean([seam_ratio(after / 255.0, axis) for axis in (0, 1)])
+    assert before_ratio > 5 and after_ratio < 1.5, (before_ratio, after_ratio)
+    np.testing.assert_array_equal(after[14:34, 20:44], big[14:34, 20:44])  # the middle is outside the band
+    with mini.client(timeout=30) as client:
+        with pytest.raises(AigcError, match="seamless_band makes an init image tile") as err:
+            client.generate("grey stone floor", seamless_band=0.25)
+        assert err.value.field == "seamless_band"
