@@ -288,7 +288,7 @@ class Pipeline:
         kind = "backdrop" if req.kind == "backdrop" else ("pbr" if req.pbr else "texture")
         return memory.estimate(self.manifest, width=req.width, height=req.height,
                                batch=req.count * (2 if self._uses_cfg(req) else 1), output_pixels=out_w * out_h,
-                               output_kind=kind)
+                               output_kind=kind, encodes=req.init is not None)
 
     def _check_memory(self, req: GenerateRequest) -> None:
         """Refuse, before anything runs, a request this machine cannot hold: with the estimate, the model's
