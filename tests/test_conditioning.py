@@ -197,3 +197,6 @@ def test_turbo_error_says_so(red_brick, tmp_path):
                                              r"more steps\): use steps 2 or more with strength 0.5") as e:
         turbo.resolve(GenerateRequest("x", init=_image(red_brick), steps=1, strength=0.5))
     assert e.value.field == "strength"
+    # left to its default, the step count is raised to the fewest that run one (Turbo's 1 -> 2 at 0.5)
+    turbo.manifest["recommended"]["steps"] = 1
+    assert turbo.resolve(GenerateRequest("x", init=_image(red_brick), strength=0.5)).steps == 2
