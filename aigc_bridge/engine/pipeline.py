@@ -19,7 +19,7 @@ import numpy as np
 from .. import __version__
 from ..errors import Cancelled, InvalidRequest
 from ..request import MAX_SEED, MAX_SIDE, GenerateRequest
-from . import inputs, memory
+from . import controls, inputs, memory
 from .conditioning import InpaintBlend, InpaintChannels, Noise, StepCondition, first_step, sample_posterior
 from .latent_space import LatentSpace
 from .package import ModelPackage
@@ -228,6 +228,7 @@ class Pipeline:
             scheduler=request.scheduler or m["scheduler"]["default"], tile=tile,
             strength=request.effective_strength if request.init is not None else None)
         self._check_image_conditioning(resolved)
+        controls.check_request(m, resolved)
         self._check_memory(resolved)
         return resolved
 
@@ -290,7 +291,8 @@ class Pipeline:
         kind = "backdrop" if req.kind == "backdrop" else ("pbr" if req.pbr else "texture")
         return memory.estimate(self.manifest, width=req.width, height=req.height,
                                batch=req.count * (2 if self._uses_cfg(req) else 1), output_pixels=out_w * out_h,
-                               output_kind=kind, encodes=req.init is not None)
+                               output_kind=kind, controlnets=tuple(c.name for c in req.controls),
+                               encodes=req.init is not None)
 
     def _check_memory(self, req: GenerateRequest) -> None:
         """Refuse, before anything runs, a request this machine cannot hold: with the estimate, the model's
@@ -354,6 +356,9 @@ class Pipeline:
         unet = self._unet_runner(m["unet"]["graphs"][req.tile], constants,
                                  (batch, self._unet_in_channels(), h, w))
         total = len(scheduler.timesteps) - start
+        pieces = self._control_pieces(req, constants, cfg, start, total, notes) + pieces
+        control_unet = (self._runner(m["unet"]["control"]["graphs"][req.tile], constants) if req.controls
+                        else None)
         for k, i in enumerate(range(start, len(scheduler.timesteps))):
             t = scheduler.timesteps[i]
             model_in = np.concatenate([latents, latents]) if cfg else latents
@@ -361,7 +366,8 @@ class Pipeline:
             feeds = {"sample": model_in.astype(np.float32), "timestep": np.full(batch, t, dtype=np.float32)}
             for piece in pieces:
                 feeds = piece.unet_feeds(i, feeds)
-            noise_pred = unet(feeds)[0]
+            # the residual-input variant when a ControlNet unit is on for this step, else the plain UNet
+            noise_pred = (control_unet if "mid_residual" in feeds else unet)(feeds)[0]
             if cfg:
                 uncond, text = noise_pred[:count], noise_pred[count:]
                 noise_pred = uncond + np.float32(req.guidance) * (text - uncond)
@@ -393,6 +399,32 @@ class Pipeline:
                                 notes, loras=list(m.get("loras") or []), embeddings=list(m.get("embeddings") or []))
 
     # --- image conditioning (docs/conditioning.md) ---------------------------------------------------
+
+    def _control_pieces(self, req: GenerateRequest, constants: dict[str, np.ndarray], cfg: bool, start: int,
+                        total: int, notes: list[str]) -> list:
+        """The ControlNet units (each controlnet's graph, prepared with the text conditions it takes) and the
+        depth channel of SD 2 depth models, as loop pieces (aigc_bridge/engine/controls.py)."""
+        m = self.manifest
+        pieces: list = []
+        if req.controls:
+            units = []
+            for index, control in enumerate(req.controls):
+                entry = m["controlnets"][control.name]
+                graph = entry["graphs"][req.tile]
+                takes = {i.name for i in self._session(graph).get_inputs()}
+                runner = self._runner(graph, {k: v for k, v in constants.items() if k in takes})
+                image = controls.control_image(req, index, int(entry.get("conditioning_channels", 3)), req.count,
+                                               cfg)
+                units.append(controls.ControlUnit(control.name, runner, image, control.scale, control.start,
+                                                  control.end, m["latent_channels"]))
+            names = [r["name"] for r in m["unet"]["control"]["residuals"]]
+            pieces.append(controls.ControlUnits(units, names, start, total))
+        if req.depth is not None:
+            depth, note = controls.depth_map(req, m["vae_scale_factor"])
+            if note:
+                notes.append(note)
+            pieces.append(controls.DepthChannel(depth))
+        return pieces
 
     def _image_inputs(self, req: GenerateRequest, notes: list[str]) -> ImageInputs:
         """The init (and mask) decoded and fitted to the generation size; what the resize did goes to notes."""

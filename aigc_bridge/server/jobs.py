@@ -32,7 +32,7 @@ class Final:
     msg_type: str  # "result" or "error"
     content: dict
     buffers: tuple[bytes, ...]
-    request: GenerateRequest  # as the client sent it: a reused key with another request is refused
+    request: dict  # as the client sent it (to_dict: images by sha256): a reused key with another request is refused
     msg_ids: tuple[str, ...]
 
     @property
