@@ -238,6 +238,7 @@ class GenerateResponse:
     ignored_fields: tuple[str, ...]
     request_key: str
     server_session: str
+    warnings: tuple[str, ...] = ()  # what the engine noted: a prompt cut to its tokens, how an init was resized
 
     @property
     def seeds(self) -> list[int]:
@@ -262,7 +263,7 @@ class GenerateResponse:
                            model_id=img["model_id"], model_hash=img["model_hash"], provider=img["provider"])
             for img in c["images"])
         return cls(images, c["request"], c["composed_prompt"], tuple(c.get("ignored_fields", ())),
-                   msg.request_key or "", msg.session)
+                   msg.request_key or "", msg.session, tuple(c.get("warnings", ())))
 
 
 class JobCancelled(Cancelled):

@@ -957,7 +957,7 @@ _CONTENT: dict[str, _Spec] = {
         required={"images": _List(_IMAGE, MAX_COUNT, 1), "request": _Generate(),
                   "composed_prompt": _Obj({"prompt": _TEXT, "negative_prompt": _TEXT},
                                           {"truncated": _Bool()})},
-        optional=dict(_IGNORED),
+        optional={"warnings": _List(_Str(0, 1024), 32), **_IGNORED},
     ),
     "error": _Obj(
         required={"code": _Str(1, 64, _CODE_RE), "message": _Str(0, MAX_ERROR_MESSAGE_CHARS)},

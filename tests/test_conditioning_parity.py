@@ -44,9 +44,9 @@ def _draws(n: int, shape: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def _reference(pipeline_class, src, scheduler: str | None, **kwargs) -> np.ndarray:
-    pipe = pipeline_class.from_pretrained(src, torch_dtype=torch.float32, safety_checker=None,
-                                          requires_safety_checker=False) if "Inpaint" in pipeline_class.__name__ \
-        else pipeline_class.from_pretrained(src, torch_dtype=torch.float32)
+    extra = {"safety_checker": None, "requires_safety_checker": False} if pipeline_class.__name__.startswith(
+        "StableDiffusionInpaint") else {}
+    pipe = pipeline_class.from_pretrained(src, torch_dtype=torch.float32, **extra)
     if scheduler is not None:
         pipe.scheduler = diffusers_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -129,6 +129,24 @@ def test_nine_channel_inpainting_matches_diffusers(tiny_inpaint, tiny_inpaint_sr
     ref = _reference(StableDiffusionInpaintPipeline, tiny_inpaint_src, None, prompt="white marble",
                      image=Image.fromarray(pixels), mask_image=Image.fromarray(mask), strength=strength,
                      num_inference_steps=8, guidance_scale=7.5, height=64, width=64)
+    assert ref.std() > 0.05
+    assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
+
+
+def test_sdxl_nine_channel_inpainting_matches_diffusers(tiny_sdxl_inpaint, tiny_sdxl_inpaint_src):
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    pipe = Pipeline.load(tiny_sdxl_inpaint, provider="cpu")
+    pixels, mask = _init_pixels(seed=6), _square_mask()
+    noise, masked = _draws(2, (1, 4, 32, 32))
+    request = GenerateRequest("weathered blue wooden planks", steps=6, guidance=5.0, seed=0, tile="none",
+                              keep_unmasked=False, init=InputImage.from_bytes(png_bytes(pixels), "init"),
+                              mask=InputImage.from_bytes(png_bytes(mask), "mask"), strength=1.0)
+    ours = pipe.generate(request, noise=Noise(noise, masked=masked))
+    ref = _reference(StableDiffusionXLInpaintPipeline, tiny_sdxl_inpaint_src, None,
+                     prompt="weathered blue wooden planks", image=Image.fromarray(pixels),
+                     mask_image=Image.fromarray(mask), strength=1.0, num_inference_steps=6, guidance_scale=5.0,
+                     height=64, width=64)
     assert ref.std() > 0.05
     assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
 

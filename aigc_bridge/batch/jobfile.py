@@ -68,6 +68,12 @@ def parse_job_file(text: str, path: Path | None = None) -> JobFile:
     return job_file
 
 
+def input_problems(jobs) -> list[Problem]:
+    """The jobs whose input images cannot be read: a run fails them alone; ``--check`` reports them."""
+    return [Problem(job.where, job.input_error.field, f"{job.input_error.message} (a run fails this job; the others "
+                    "still run)", job.line) for job in jobs if job.input_error is not None]
+
+
 def engine_size_problem(kind: str, width: object, height: object, target_size: object) -> str | None:
     """A texture's engine size keeps its aspect, so its height must come out a power of two as well; the output
     writer (assets.outputs) refuses it only after the image is made, so batch asks first."""

@@ -219,9 +219,11 @@ class Pipeline:
         if tile not in m["unet"]["graphs"] or tile not in m["vae_decoder"]["graphs"]:
             raise InvalidRequest(f"tile {tile} is not available: this model package was exported without its "
                                  "seamless graphs (re-export it without --no-seamless)", "tile")
+        steps = request.steps or recommended["steps"]
+        if request.init is not None and request.steps is None:  # the default runs at least one step (Turbo: 1)
+            steps = max(steps, math.ceil(1 / request.effective_strength - 1e-9))
         resolved = dataclasses.replace(
-            request, width=width, height=height, seed=seed,
-            steps=request.steps or recommended["steps"],
+            request, width=width, height=height, seed=seed, steps=steps,
             guidance=request.guidance if request.guidance is not None else recommended["guidance"],
             scheduler=request.scheduler or m["scheduler"]["default"], tile=tile,
             strength=request.effective_strength if request.init is not None else None)
@@ -289,7 +291,8 @@ class Pipeline:
         kind = "backdrop" if req.kind == "backdrop" else ("pbr" if req.pbr else "texture")
         return memory.estimate(self.manifest, width=req.width, height=req.height,
                                batch=req.count * (2 if self._uses_cfg(req) else 1), output_pixels=out_w * out_h,
-                               output_kind=kind, controlnets=tuple(c.name for c in req.controls))
+                               output_kind=kind, controlnets=tuple(c.name for c in req.controls),
+                               encodes=req.init is not None)
 
     def _check_memory(self, req: GenerateRequest) -> None:
         """Refuse, before anything runs, a request this machine cannot hold: with the estimate, the model's

@@ -401,7 +401,9 @@ class Server:
             raise AigcError("no_model", "this server has no model loaded: start it with --model DIR", "model")
         if self._draining:
             raise AigcError("shutting_down", "the server is shutting down")
-        job = Job(key, req, self._pipeline.resolve(req), route, msg.msg_id, msg.ignored_fields)
+        resolved = self._pipeline.resolve(req)  # the model's checks: sizes, mask, controlnets, strength, memory
+        job = Job(key, req, resolved, route, msg.msg_id, msg.ignored_fields,
+                  steps=self._pipeline.denoising_steps(resolved))
         self._board.submit(job)
         self._send_job(job, "progress", self._progress_now(job))
 

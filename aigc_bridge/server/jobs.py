@@ -58,13 +58,14 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     last_sent: float = 0.0  # monotonic time of the last message to the client (keepalives)
+    steps: int | None = None  # UNet steps it runs (image to image: those strength keeps); None: resolved.steps
 
     def __post_init__(self) -> None:
         self.msg_ids.append(self.msg_id)
 
     @property
     def total(self) -> int:
-        return self.resolved.steps or 1
+        return self.steps or self.resolved.steps or 1
 
     def attach(self, route: list[bytes], msg_id: str) -> None:
         """A retry of this job: stream the rest to the newest attempt."""

@@ -150,6 +150,7 @@ class Worker(threading.Thread):
             "request": req.to_dict(),
             "composed_prompt": {"prompt": req.prompt, "negative_prompt": req.negative_prompt,
                                 "truncated": any("truncated" in w for w in result.warnings)},
+            "warnings": [w[:1024] for w in result.warnings[:32]],
             "buffers": descriptors,
         }
         return Outgoing(job, "result", content, tuple(buffers), final=True)
