@@ -31,6 +31,7 @@ from pathlib import Path
 import zmq
 
 from .errors import AigcError, Cancelled
+from .project_request import ProjectRequest
 from .protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -40,6 +41,7 @@ from .protocol import (
     Message,
     ProtocolError,
     new_id,
+    project_content,
 )
 from .request import GenerateRequest
 
@@ -54,6 +56,8 @@ __all__ = [
     "JobCancelled",
     "Pending",
     "Progress",
+    "ProjectJob",
+    "ProjectResponse",
     "ServerBusy",
     "ServerUnavailable",
 ]
@@ -285,6 +289,7 @@ class _Call:
         self.msg_type = msg_type
         self.content = content
         self.request_key = request_key
+        self.buffers: tuple[bytes, ...] = ()  # binary frames sent with the content (a project's arrays)
         self.msg_id = ""
         self.silent_attempts = 0  # attempts since the server last said anything about this call
         self.last_heard = time.monotonic()
@@ -509,6 +514,26 @@ class Client:
         content = {"prompt": prompt, **fields}
         return Job(self, self._start("generate", content, request_key or new_id()))
 
+    def submit_project(self, request: ProjectRequest, *, request_key: str | None = None) -> ProjectJob:
+        """Send a project request (texture meshes from their shape; its arrays travel as binary frames) and
+        return at once; follow it like a generate (``poll``, ``wait``, ``cancel``: between views)."""
+        content, buffers = project_content(request)
+        call = _Call("project", content, request_key or new_id())
+        call.buffers = tuple(buffers)
+        self._send(call)
+        return ProjectJob(self, call)
+
+    def project(self, request: ProjectRequest, *, on_progress: Callable[[Progress], object] | None = None,
+                request_key: str | None = None) -> ProjectResponse:
+        """Texture and wait; ``on_progress`` (one event per view stage) returning False cancels."""
+        job = self.submit_project(request, request_key=request_key)
+        for item in self._follow(job):
+            if isinstance(item, ProjectResponse):
+                return item
+            if on_progress is not None and on_progress(item) is False:
+                job.cancel()
+        raise AssertionError("unreachable: _follow ends with a response or raises")
+
     def send(self, msg_type: str, content: dict | None = None) -> Pending:
         """Send any other request (status, list_models, ping, cancel, shutdown) without waiting: a UI
         can show the server's status from a timer with ``pending.poll()``."""
@@ -551,7 +576,7 @@ class Client:
     def _send(self, call: _Call) -> None:
         call.msg_id = new_id()
         frames = self._codec.encode(call.msg_type, call.content, request_key=call.request_key,
-                                    msg_id=call.msg_id)
+                                    msg_id=call.msg_id, buffers=call.buffers)
         self._pending[call.msg_id] = call
         with contextlib.suppress(zmq.Again):  # queue to the server full: the silence rule resends
             self._socket.send_multipart(frames, flags=zmq.NOBLOCK)  # type: ignore[union-attr]
@@ -692,3 +717,45 @@ class Client:
         for call in self._pending.values():
             call.error = error
         self._pending.clear()
+
+
+# --- project: texture meshes from their shape ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BakedTexture:
+    mesh: str
+    data: bytes  # PNG, 8-bit sRGB, for the mesh's UV map
+    coverage: float  # share of the surface some view saw (the rest was filled)
+
+
+@dataclass(frozen=True)
+class ProjectResponse:
+    """A finished project: one texture per mesh, the per-view reports, warnings and how views were conditioned
+    (``mode``: controlnet, depth or text; ``mode_text`` says it for people)."""
+
+    textures: list[BakedTexture]
+    views: list[dict]
+    warnings: list[str]
+    mode: str
+    mode_text: str
+    timings: dict
+    model_id: str | None
+    request_key: str | None
+
+    @classmethod
+    def from_message(cls, msg: Message) -> ProjectResponse:
+        c = msg.content
+        textures = [BakedTexture(t["mesh"], msg.buffers[t["buffer"]], t["coverage"]) for t in c["textures"]]
+        return cls(textures, list(c["views"]), list(c.get("warnings", [])), c["mode"], c.get("mode_text", ""),
+                   dict(c.get("timings", {})), c.get("model_id"), msg.request_key)
+
+
+class ProjectJob(Job):
+    """A project submitted without blocking: as ``Job``, with a ``ProjectResponse`` as its result."""
+
+    @property
+    def result(self) -> ProjectResponse | None:  # type: ignore[override]
+        if self._result is None and self._call.reply is not None:
+            self._result = ProjectResponse.from_message(self._call.reply)
+        return self._result

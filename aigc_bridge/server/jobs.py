@@ -32,7 +32,7 @@ class Final:
     msg_type: str  # "result" or "error"
     content: dict
     buffers: tuple[bytes, ...]
-    request: GenerateRequest  # as the client sent it: a reused key with another request is refused
+    request: GenerateRequest  # as the client sent it (or a ProjectRequest): a reused key with another is refused
     msg_ids: tuple[str, ...]
 
     @property
@@ -58,12 +58,15 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     last_sent: float = 0.0  # monotonic time of the last message to the client (keepalives)
+    project: object | None = None  # a project job's checked work (projection.service.Prepared); steps = views
 
     def __post_init__(self) -> None:
         self.msg_ids.append(self.msg_id)
 
     @property
     def total(self) -> int:
+        if self.project is not None:
+            return len(self.project.cameras)
         return self.resolved.steps or 1
 
     def attach(self, route: list[bytes], msg_id: str) -> None:
