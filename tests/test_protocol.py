@@ -174,6 +174,8 @@ def test_round_trip(msg_type: str, key: bytes | None) -> None:
     assert json.loads(frames[2])["msg_id"] == msg.msg_id
     if msg_type == "generate":
         assert msg.request == GenerateRequest(prompt="mossy stone", steps=20, seed=7, count=2, tile="both")
+    elif msg_type == "project":
+        assert isinstance(msg.request, ProjectRequest) and msg.request.meshes[0].triangles.data == bytes(12)
     else:
         assert msg.request is None
 
