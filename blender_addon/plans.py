@@ -13,11 +13,13 @@ from . import scene_data
 from .scene_import import TEXTURE_FOLDER
 
 TEXTURE, BACKDROP = "texture", "backdrop"
+SHAPE = "shape"  # Texture from Shape: one project request for the selection (shape.py)
 
 
 @dataclass
 class Task:
-    """One generate request and where its image goes (an object's name, or the scene's for a backdrop)."""
+    """One generate request and where its image goes (an object's name, or the scene's for a backdrop); for
+    SHAPE, ``fields`` holds the project request and the objects' UV maps."""
 
     kind: str
     target: str
@@ -27,7 +29,7 @@ class Task:
 
     @property
     def label(self) -> str:
-        return self.target if self.kind == TEXTURE else "backdrop"
+        return self.target if self.kind in (TEXTURE, SHAPE) else "backdrop"
 
 
 @dataclass(frozen=True)
