@@ -31,6 +31,7 @@ from pathlib import Path
 import zmq
 
 from .errors import AigcError, Cancelled
+from .input_image import InputImage
 from .project_request import ProjectRequest
 from .protocol import (
     MAX_FRAME_BYTES,
@@ -40,10 +41,11 @@ from .protocol import (
     Codec,
     Message,
     ProtocolError,
+    generate_content,
     new_id,
     project_content,
 )
-from .request import GenerateRequest
+from .request import IMAGE_FIELDS, ControlInput, GenerateRequest
 
 __all__ = [
     "DEFAULT_RETRIES",
@@ -56,6 +58,8 @@ __all__ = [
     "JobCancelled",
     "Pending",
     "Progress",
+    "as_input_image",
+    "request_fields",
     "ProjectJob",
     "ProjectResponse",
     "ServerBusy",
@@ -68,6 +72,9 @@ _HEARTBEAT_MS = 1000  # ZMTP PING on the connection (libzmq), besides the server
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _REQUEST_FIELDS = frozenset(f.name for f in fields(GenerateRequest))
+# Request fields a server older than protocol 1.2 does not know: it would ignore them and make a plain image.
+_SINCE_1_2 = ("init", "strength", "mask", "mask_blur", "keep_unmasked", "controls", "depth")
+_DEFAULTS = {f.name: f.default for f in fields(GenerateRequest)}
 
 
 class ServerUnavailable(AigcError):
@@ -279,17 +286,67 @@ def _error_from(content: dict) -> AigcError:
     return AigcError(code, message, where)
 
 
+def as_input_image(value: object, field: str) -> InputImage:
+    """An input image from what a caller has at hand: an InputImage, the encoded bytes, or a file path."""
+    if isinstance(value, InputImage):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return InputImage.from_bytes(bytes(value), field)
+    if isinstance(value, (str, os.PathLike)):
+        return InputImage.from_path(value, field)
+    raise AigcError("invalid_request", f"{field} must be image bytes, a file path or an InputImage, got "
+                    f"{type(value).__name__}", field)
+
+
+def _as_control(value: object, i: int) -> ControlInput:
+    """A ControlInput, or a dict with name, image (bytes, path or InputImage), scale, start, end."""
+    if isinstance(value, ControlInput):
+        return value
+    if not isinstance(value, dict) or "image" not in value:
+        raise AigcError("invalid_request", f"controls[{i}] must be a ControlInput or a dict with name and image",
+                        f"controls[{i}]")
+    return ControlInput(**{**value, "image": as_input_image(value["image"], f"controls[{i}].image")})
+
+
+def _image_fields(fields: dict) -> dict:
+    """``fields`` with every input image as an InputImage and controls as a tuple of ControlInput."""
+    out = dict(fields)
+    for name in IMAGE_FIELDS:
+        if out.get(name) is not None:
+            out[name] = as_input_image(out[name], name)
+    if out.get("controls"):
+        out["controls"] = tuple(_as_control(c, i) for i, c in enumerate(out["controls"]))
+    return out
+
+
+def request_fields(request: GenerateRequest) -> dict:
+    """The fields of ``request`` that differ from the defaults, as ``Client.generate`` takes them (input
+    images and controls as they are, not as their records)."""
+    defaults = GenerateRequest(prompt=request.prompt)
+    return {f.name: getattr(request, f.name) for f in fields(GenerateRequest)
+            if f.name != "prompt" and getattr(request, f.name) != getattr(defaults, f.name)}
+
+
+def _minor(version: str) -> int:
+    try:
+        return int(version.split(".")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
 # --- calls and jobs --------------------------------------------------------------------------------------
 
 
 class _Call:
     """One request in flight: its current attempt (msg_id), silence clock, events and outcome."""
 
-    def __init__(self, msg_type: str, content: dict, request_key: str | None) -> None:
+    def __init__(self, msg_type: str, content: dict, request_key: str | None, buffers: tuple[bytes, ...] = (),
+                 needs: tuple[str, ...] = ()) -> None:
         self.msg_type = msg_type
         self.content = content
         self.request_key = request_key
-        self.buffers: tuple[bytes, ...] = ()  # binary frames sent with the content (a project's arrays)
+        self.buffers = buffers
+        self.needs = needs  # fields that need a protocol 1.2 server
         self.msg_id = ""
         self.silent_attempts = 0  # attempts since the server last said anything about this call
         self.last_heard = time.monotonic()
@@ -424,6 +481,7 @@ class Client:
         self._monitor: zmq.Socket | None = None
         self._poller = zmq.Poller()
         self.server_session: str | None = None  # changes when the server restarted
+        self.server_version: str | None = None  # the protocol version of the server's last message
         self._open()
 
     @classmethod
@@ -508,18 +566,28 @@ class Client:
     # --- non-blocking ------------------------------------------------------------------------------------
 
     def submit(self, prompt: str, *, request_key: str | None = None, **fields: object) -> Job:
-        """Send a generate and return at once; follow it with ``job.poll()`` / ``job.wait()``."""
+        """Send a generate and return at once; follow it with ``job.poll()`` / ``job.wait()``. Input images
+        (``init``, ``mask``, ``depth``, each control's ``image``) may be InputImages, encoded bytes or file
+        paths; they travel as binary frames (protocol 1.2), and a server older than 1.2 is refused with
+        ``unsupported_version`` as soon as it answers, instead of silently making a plain image."""
+        fields = _image_fields(fields)
         known = {k: v for k, v in fields.items() if k in _REQUEST_FIELDS}
         GenerateRequest(prompt=prompt, **known)  # type: ignore[arg-type]  # validate before sending
-        content = {"prompt": prompt, **fields}
-        return Job(self, self._start("generate", content, request_key or new_id()))
+        content, buffers = generate_content({"prompt": prompt, **fields})
+        needs = tuple(k for k in _SINCE_1_2 if k in fields and fields[k] != _DEFAULTS[k])
+        call = _Call("generate", content, request_key or new_id(), tuple(buffers), needs)
+        self._send(call)
+        return Job(self, call)
+
+    def generate_request(self, request: GenerateRequest, **kwargs) -> GenerateResponse:
+        """Generate ``request`` (a GenerateRequest, as the in-process engine takes it) on the server."""
+        return self.generate(request.prompt, **kwargs, **request_fields(request))
 
     def submit_project(self, request: ProjectRequest, *, request_key: str | None = None) -> ProjectJob:
         """Send a project request (texture meshes from their shape; its arrays travel as binary frames) and
         return at once; follow it like a generate (``poll``, ``wait``, ``cancel``: between views)."""
         content, buffers = project_content(request)
-        call = _Call("project", content, request_key or new_id())
-        call.buffers = tuple(buffers)
+        call = _Call("project", content, request_key or new_id(), tuple(buffers))
         self._send(call)
         return ProjectJob(self, call)
 
@@ -648,7 +716,11 @@ class Client:
                     "(or signs while the client has none): use the key from its connection file", "key"))
             return  # anything else unreadable from the server is dropped, never trusted
         self.server_session = msg.session
+        self.server_version = msg.version
         call = self._pending.get(msg.parent_id or "")
+        if call is not None and call.needs and _minor(msg.version) < 2:
+            self._too_old(call, msg.version)
+            return
         if call is None:
             if msg.msg_type == "error" and msg.parent_id is None:  # the server could not read our message
                 self._fail_all(AigcError(msg.content["code"], "the server refused a message from this "
@@ -712,6 +784,15 @@ class Client:
         for call in calls:
             call.last_heard = now
             self._send(call)
+
+    def _too_old(self, call: _Call, version: str) -> None:
+        """A server older than 1.2 would ignore the image fields and make a plain image: stop the job."""
+        del self._pending[call.msg_id]
+        call.error = AigcError(
+            "unsupported_version", f"{', '.join(call.needs)} need protocol 1.2; the server at {self.endpoint} speaks "
+            f"{version} and would ignore them: update the sidecar (aigc-bridge serve)", call.needs[0])
+        with contextlib.suppress(AigcError):
+            self._start("cancel", {"target_request_key": call.request_key}, None)
 
     def _fail_all(self, error: AigcError) -> None:
         for call in self._pending.values():

@@ -9,6 +9,7 @@ the job is queued.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field, fields
 
@@ -213,6 +214,15 @@ class ProjectRequest:
             if key in values and isinstance(values[key], float) and values[key].is_integer():
                 values[key] = int(values[key])
         return cls(**values), unknown
+
+    def to_dict(self) -> dict:
+        """JSON-ready, each array by its dtype, shape and sha256: enough to tell two requests apart."""
+        content, buffers = self.to_wire()
+        for mesh in content["meshes"]:
+            for kind in ARRAY_SHAPES:
+                ref = mesh[kind]
+                ref["sha256"] = hashlib.sha256(buffers[ref.pop("buffer")]).hexdigest()
+        return content
 
     def to_wire(self) -> tuple[dict, list[bytes]]:
         """JSON content and the array buffers, in order (``buffers[i]`` is what ``{"buffer": i}`` names)."""

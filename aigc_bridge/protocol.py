@@ -30,13 +30,25 @@ from datetime import datetime, timedelta, timezone
 from typing import NoReturn
 
 from .errors import AigcError, InvalidRequest
+from .input_image import MAX_INPUT_BYTES, InputImage
 from .project_request import MAX_ARRAY_BYTES, MAX_CAMERAS, MAX_MESHES, ProjectRequest
-from .request import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, GenerateRequest
+from .request import (
+    IMAGE_FIELDS,
+    MAX_CONTROLS,
+    MAX_COUNT,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    ControlInput,
+    GenerateRequest,
+)
 
 __all__ = [
     "DEFAULT_MAX_AGE_S",
     "ERROR_CODES",
     "IMAGE_MIMES",
+    "INPUT_ROLE",
     "MAGIC",
     "MAX_BUFFERS",
     "MAX_BUFFER_BYTES",
@@ -48,6 +60,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_ID_CHARS",
     "MAX_IGNORED_FIELDS",
+    "MAX_INPUT_BUFFERS",
     "MAX_MESSAGE_BYTES",
     "MAX_PREVIEW_BYTES",
     "MAX_REQUEST_FRAME_BYTES",
@@ -62,13 +75,18 @@ __all__ = [
     "Message",
     "ProtocolError",
     "error_content",
+    "generate_content",
     "new_id",
     "split_routing",
     "with_routing",
 ]
 
-PROTOCOL_VERSION = "1.1"
-_MAJOR = int(PROTOCOL_VERSION.split(".")[0])
+PROTOCOL_VERSION = "1.2"
+_MAJOR, _MINOR = (int(part) for part in PROTOCOL_VERSION.split("."))
+# Since 1.2 a generate carries its input images (init, mask, depth, controls[i].image) as buffers of this role,
+# each named by one field of the content ({"buffer": index}).
+INPUT_ROLE = "input"
+MAX_INPUT_BUFFERS = len(IMAGE_FIELDS) + MAX_CONTROLS
 
 # The delimiter between routing ids and the message, like Jupyter's b"<IDS|MSG>". It does not carry the
 # version: frames 0-2 (magic, signature, header) keep this layout in every major version, so an old
@@ -88,9 +106,9 @@ MAX_BUFFER_BYTES = 512 * 1024 * 1024
 MAX_PREVIEW_BYTES = 1024 * 1024
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024 * 1024  # all frames together
 # libzmq's ZMQ_MAXMSGSIZE limits each frame (message part), not the multipart total: clients set it to
-# MAX_FRAME_BYTES; the server may set MAX_REQUEST_FRAME_BYTES while requests carry no image buffers.
+# MAX_FRAME_BYTES; the server sets MAX_REQUEST_FRAME_BYTES: the content, or one input image (64 MiB).
 MAX_FRAME_BYTES = max(MAX_BUFFER_BYTES, MAX_CONTENT_BYTES)
-MAX_REQUEST_FRAME_BYTES = max(MAX_CONTENT_BYTES, MAX_ARRAY_BYTES)  # a project's mesh arrays (below)
+MAX_REQUEST_FRAME_BYTES = max(MAX_CONTENT_BYTES, MAX_INPUT_BYTES, MAX_ARRAY_BYTES)  # and a project's mesh arrays
 MAX_ERROR_MESSAGE_CHARS = 4096
 MAX_IGNORED_FIELDS = 256  # unknown fields reported per message; more are dropped from the report
 _MAX_INT_DIGITS = 20  # JSON integer literals; bounds parse time and keeps ints within int64
@@ -769,17 +787,38 @@ class _Obj(_Spec):
 
 
 class _Generate(_Spec):
-    """A GenerateRequest as JSON: request.py stays the single place that knows its fields and limits."""
+    """A GenerateRequest as JSON: request.py stays the single place that knows its fields and limits. Here (a
+    result's effective request) input images are records (sha256, mime, size), not buffers."""
 
     def check(self, value: object, path: str, ctx: _Ctx) -> None:
         if not isinstance(value, dict):
             ctx.fail(path, f"must be an object, got {_json_type(value)}")
-        _generate_request(value, path, ctx)
+        _generate_request(value, path, ctx, _record_images(value, path, ctx))
 
 
-def _generate_request(data: dict, path: str, ctx: _Ctx) -> GenerateRequest:
+def _image_refs(data: dict) -> list[tuple[str, object]]:
+    """(field, value) of every input-image field present: init, mask, depth, controls[i].image."""
+    refs = [(name, data[name]) for name in IMAGE_FIELDS if data.get(name) is not None]
+    controls = data.get("controls")
+    if isinstance(controls, list):
+        refs += [(f"controls[{i}].image", item["image"]) for i, item in enumerate(controls[:MAX_CONTROLS + 1])
+                 if isinstance(item, dict) and item.get("image") is not None]
+    return refs
+
+
+def _record_images(data: dict, path: str, ctx: _Ctx) -> dict[str, InputImage]:
+    images = {}
+    for name, value in _image_refs(data):
+        try:
+            images[name] = InputImage.from_record(value, _join(path, name))
+        except InvalidRequest as exc:
+            raise ProtocolError(ctx.code, exc.message, exc.field) from None
+    return images
+
+
+def _generate_request(data: dict, path: str, ctx: _Ctx, images: dict[str, InputImage]) -> GenerateRequest:
     try:
-        request, unknown = GenerateRequest.from_dict(data)
+        request, unknown = GenerateRequest.from_dict(data, images)
     except InvalidRequest as exc:
         field = _join(path, exc.field) if exc.field else (path or "content")
         raise ProtocolError(ctx.code, exc.message, field) from None
@@ -787,6 +826,73 @@ def _generate_request(data: dict, path: str, ctx: _Ctx) -> GenerateRequest:
         raise ProtocolError(ctx.code, f"invalid request ({exc})", path or "content") from None
     ctx.ignored.extend(_join(path, k[:64]) for k in unknown)
     return request
+
+
+def _input_images(body: dict, descriptors: list[dict], buffers: tuple[bytes, ...], ctx: _Ctx) -> dict[str, InputImage]:
+    """A generate's input images (1.2): each image field names one buffer of role ``input`` as
+    ``{"buffer": index}``; each such buffer is named exactly once, and its declared mime and size must be
+    what its header says. Checked from the header alone: nothing is decoded here."""
+    named: dict[int, str] = {}
+    for field, value in _image_refs(body):
+        index = value.get("buffer") if isinstance(value, dict) and len(value) == 1 else None
+        if isinstance(index, bool) or not isinstance(index, int):
+            ctx.fail(field, 'must name its image buffer as {"buffer": index} (protocol 1.2)')
+        if not 0 <= index < len(descriptors) or descriptors[index]["role"] != INPUT_ROLE:
+            ctx.fail(field, f"names buffer {index}, which is not a buffer of role {INPUT_ROLE}")
+        if index in named:
+            ctx.fail(field, f"names buffer {index}, which {named[index]} names too")
+        named[index] = field
+    for i, desc in enumerate(descriptors):
+        if desc["role"] == INPUT_ROLE and i not in named:
+            ctx.fail(f"buffers[{i}]", "is an input image that no field of the request names")
+    return {field: _input_image(buffers[i], descriptors[i], i, field, ctx) for i, field in named.items()}
+
+
+def _input_image(data: bytes, desc: dict, index: int, field: str, ctx: _Ctx) -> InputImage:
+    try:
+        image = InputImage.from_bytes(data, field)
+    except InvalidRequest as exc:
+        raise ProtocolError(ctx.code, f"{exc.message} (buffers[{index}])", field) from None
+    if desc["mime"] != image.mime:
+        ctx.fail(field, f"is declared {desc['mime']} (buffers[{index}].mime) but its data is {image.mime}")
+    declared = (desc.get("width"), desc.get("height"))
+    if None in declared:
+        ctx.fail(f"buffers[{index}]", "is an input image: width and height are required")
+    if declared != (image.width, image.height):
+        ctx.fail(field, f"is declared {declared[0]} x {declared[1]} (buffers[{index}]) but its header says "
+                 f"{image.width} x {image.height}")
+    return image
+
+
+def generate_content(fields: dict) -> tuple[dict, list[bytes]]:
+    """The content and buffers of a generate, from request fields as GenerateRequest takes them: InputImage
+    values (init, mask, depth) and ControlInput items (controls) become ``{"buffer": i}`` references to
+    buffers of role ``input``; every other field is sent as is (unknown ones too: the server reports them)."""
+    content: dict = {}
+    buffers: list[bytes] = []
+    descriptors: list[dict] = []
+
+    def attach(image: object, field: str) -> dict:
+        if not isinstance(image, InputImage) or image.data is None:
+            raise ProtocolError("invalid_request", f"{field} must be an image with its bytes (InputImage)", field)
+        descriptors.append({"index": len(buffers), "mime": image.mime, "role": INPUT_ROLE,
+                            "width": image.width, "height": image.height})
+        buffers.append(image.data)
+        return {"buffer": len(buffers) - 1}
+
+    for key, value in fields.items():
+        if key in IMAGE_FIELDS and value is not None:
+            content[key] = attach(value, key)
+        elif key == "controls" and value:
+            if not all(isinstance(c, ControlInput) for c in value):
+                raise ProtocolError("invalid_request", "controls must be ControlInput items", "controls")
+            content[key] = [{"name": c.name, "image": attach(c.image, f"controls[{i}].image"), "scale": c.scale,
+                             "start": c.start, "end": c.end} for i, c in enumerate(value)]
+        elif key != "controls":
+            content[key] = value
+    if buffers:
+        content["buffers"] = descriptors
+    return content, buffers
 
 
 _ID = _Str(1, MAX_ID_CHARS, _ID_RE)
@@ -808,7 +914,7 @@ _HEADER = _Obj(
 
 _BUFFER = _Obj(
     required={"index": _Int(0, MAX_BUFFERS - 1), "mime": _Str(3, 129, _MIME_RE), "role": _IDENT},
-    optional={"width": _Int(1, MAX_SIDE), "height": _Int(1, MAX_SIDE)},
+    optional={"width": _Int(1, 2**31 - 1), "height": _Int(1, 2**31 - 1)},
 )
 _BUFFERS = _List(_BUFFER, MAX_BUFFERS)
 
@@ -826,7 +932,10 @@ _MODEL_INFO = _Obj(
     required={"id": _NAME, "hash": _HASH},
     optional={"name": _NAME, "kinds": _List(_IDENT, 16), "width": _Int(1, MAX_SIDE),
               "height": _Int(1, MAX_SIDE), "steps": _Int(1, MAX_STEPS), "schedulers": _List(_IDENT, 32),
-              "loaded": _Bool()},
+              "loaded": _Bool(),
+              # since 1.2: what a request may ask of this model, so a client need not learn it from errors
+              "size_multiple": _Int(1, MAX_SIDE), "max_side": _Int(1, MAX_SIDE), "tile_modes": _List(_IDENT, 8),
+              "accepts": _List(_IDENT, 16), "controlnets": _List(_Str(1, 64), 64)},
 )
 _RUNNING = _Obj(
     required={"msg_id": _ID},
@@ -885,7 +994,7 @@ def _check_content(
     descriptors = _check_buffers(content.get("buffers"), buffers, ctx)
     request = None
     if msg_type == "generate":
-        request = _generate_request(body, "", ctx)
+        request = _generate_request(body, "", ctx, _input_images(body, descriptors, buffers, ctx))
     elif msg_type == "project":
         request = _project_request(body, descriptors, buffers, ctx)
     else:
@@ -927,6 +1036,8 @@ def _check_content(
                              f"must name an unused buffer whose role is {output['role']}, got {ref}")
                 used.add(ref)
         ctx.ignored.extend(f"buffers[{i}]" for i in range(len(roles)) if i not in used)
+    elif msg_type == "generate":
+        ctx.ignored.extend(f"buffers[{i}]" for i, role in enumerate(roles) if role != INPUT_ROLE)
     else:
         ctx.ignored.extend(f"buffers[{i}]" for i in range(len(buffers)))
     return request
@@ -944,7 +1055,7 @@ def _check_buffers(value: object, buffers: tuple[bytes, ...], ctx: _Ctx) -> list
         if desc["index"] != i:
             ctx.fail(f"buffers[{i}].index", f"must be {i}, got {desc['index']}")
         magic = _MAGIC_BYTES.get(desc["mime"])
-        if magic is not None and not data.startswith(magic):
+        if magic is not None and desc["role"] != INPUT_ROLE and not data.startswith(magic):
             ctx.fail(f"buffers[{i}]", f"is not {desc['mime']} data (bad file signature)")
     return value
 

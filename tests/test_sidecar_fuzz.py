@@ -218,3 +218,108 @@ def test_a_wrong_or_missing_signature_is_refused_clearly(keyed_sidecar, key) -> 
         client.generate("should not run", steps=2)
     assert info.value.code == "bad_signature"
     assert keyed_sidecar.job_lines() == []
+
+
+# --- protocol 1.2: input image frames --------------------------------------------------------------------
+
+
+def _png(rng: random.Random, size: int = 16) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (size, size), rng.randbytes(size * size * 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _input(index: int, data: bytes, **over) -> dict:
+    from aigc_bridge.input_image import InputImage
+
+    image = InputImage.from_bytes(data, "x")
+    return {"index": index, "mime": image.mime, "role": "input", "width": image.width, "height": image.height,
+            **over}
+
+
+def image_case(rng: random.Random, i: int, good: bytes) -> tuple[list[bytes], tuple]:
+    """One generate with broken input frames, and the field its error must name (None: any field)."""
+    from .test_protocol_images import png_header
+
+    mid = f"im-{i}"
+    field = rng.choice(["init", "mask", "depth", "controls[0].image"])
+    content: dict = {"prompt": "x", "steps": 1}
+    if field == "controls[0].image":
+        content["controls"] = [{"name": "depth", "image": {"buffer": 0}}]
+    else:
+        content[field] = {"buffer": 0}
+        if field == "mask":
+            content["init"] = {"buffer": 1}
+    buffers = [good] + ([good] if field == "mask" else [])
+    descs = [_input(k, good) for k in range(len(buffers))]
+    kind = rng.randrange(9)
+    if kind == 0:  # cut inside the header: nothing readable
+        buffers[0] = good[:rng.randrange(0, 24)]
+    elif kind == 1:  # declared size differs from the header's
+        descs[0]["width"] = rng.choice([1, 15, 17, 4096, 8192, 2**31 - 1])
+    elif kind == 2:  # declared format differs
+        descs[0]["mime"] = rng.choice(["image/jpeg", "image/webp"])
+    elif kind == 3:  # a header that announces a decompression bomb
+        side = rng.choice([8193, 30_000, 65_535, 2**31 - 1])
+        buffers[0] = png_header(side, rng.choice([1, side]))
+        descs[0].update(width=side, height=int.from_bytes(buffers[0][20:24], "big"))
+    elif kind == 4:  # a frame for no field
+        buffers.append(good)
+        descs.append(_input(len(descs), good))
+        field = f"buffers[{len(descs) - 1}]"
+    elif kind == 5:  # random bytes behind a PNG signature, or no signature at all
+        buffers[0] = rng.choice([b"\x89PNG\r\n\x1a\n", b""]) + rng.randbytes(rng.randrange(0, 64))
+    elif kind == 6:  # a reference to a buffer that is not there, or not an input
+        ref = rng.choice([{"buffer": 7}, {"buffer": -1}, {"buffer": "0"}, {"buf": 0}, [0], 0, "init.png"])
+        if field == "controls[0].image":
+            content["controls"][0]["image"] = ref
+        else:
+            content[field] = ref
+    elif kind == 7:  # descriptors that do not describe the frames
+        descs = descs[:-1] if rng.random() < 0.5 else [*descs, _input(len(descs), good)]
+        field = None
+    else:  # too many frames for one message
+        buffers += [good] * (MAX_FRAMES + rng.randrange(0, 8))
+        return message(mid, content={**content, "buffers": descs}, buffers=tuple(buffers)), ("unattributed",)
+    return message(mid, content={**content, "buffers": descs}, buffers=tuple(buffers)), \
+        ("error", mid, "invalid_request", field)
+
+
+def test_fuzzed_input_frames_never_kill_the_sidecar(keyed_sidecar) -> None:
+    rng = random.Random(1202)
+    good = _png(rng)
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(keyed_sidecar.endpoint)
+    codec = Codec(KEY, accept=REPLY_TYPES)
+    try:
+        for start in range(0, 1000, 100):
+            cases = [image_case(rng, i, good) for i in range(start, start + 100)]
+            for frames, _ in cases:
+                sock.send_multipart(frames)
+            expected = {exp[1]: exp for _, exp in cases if exp[0] == "error"}
+            unattributed = sum(exp[0] == "unattributed" for _, exp in cases)
+            for _ in cases:
+                assert sock.poll(20_000), "the sidecar stopped answering"
+                msg = codec.decode(split_routing(sock.recv_multipart())[1])
+                assert msg.msg_type == "error", msg.content  # nothing broken ever ran
+                if msg.parent_id is None:
+                    unattributed -= 1
+                    continue
+                exp = expected.pop(msg.parent_id)
+                assert msg.content["code"] == exp[2], (exp, msg.content)
+                if exp[3] is not None:
+                    assert msg.content["field"] == exp[3], (exp, msg.content)
+            assert not expected and unattributed == 0
+    finally:
+        sock.close()
+        context.term()
+    assert keyed_sidecar.proc.poll() is None
+    with keyed_sidecar.client(timeout=10) as client:
+        assert client.generate("after the images", steps=1, seed=2).seeds == [2]
+    assert len(keyed_sidecar.job_lines()) == 1

@@ -31,7 +31,7 @@ from ..protocol import (
     split_routing,
     with_routing,
 )
-from ..request import KINDS, SCHEDULERS
+from ..request import KINDS, MAX_SIDE, SCHEDULERS, TILE_MODES
 from .jobs import Final, Job, JobBoard, QueueFull
 from .security import ZAP_DOMAIN, check_bind, start_authenticator
 from .worker import Outgoing, Worker
@@ -68,6 +68,25 @@ def rss_bytes() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def model_info(m: dict) -> dict:
+    """What ``list_models`` says of a loaded package: enough for a client to build a request this model
+    takes (sizes, tiling, input images, controlnets) without learning it from errors."""
+    multiple = m["size_multiple"]
+    tiles = [t for t in TILE_MODES if t in m["unet"]["graphs"] and t in m["vae_decoder"]["graphs"]]
+    controlnets = sorted(m.get("controlnets") or {})
+    accepts = []
+    if m.get("vae_encoder"):
+        accepts += ["init", "mask"]
+    if m["unet"].get("depth") or m["unet"].get("conditioning") == "depth":
+        accepts.append("depth")
+    if controlnets:
+        accepts.append("controls")
+    return {"id": m["model_id"], "hash": m["package_hash"], "kinds": list(KINDS), "width": m["native_size"][1],
+            "height": m["native_size"][0], "steps": m["recommended"]["steps"], "schedulers": list(SCHEDULERS),
+            "loaded": True, "size_multiple": multiple, "max_side": MAX_SIDE // multiple * multiple,
+            "tile_modes": tiles, "accepts": accepts, "controlnets": controlnets}
 
 
 class Server:
@@ -348,7 +367,7 @@ class Server:
             msg_type, buffers = "error", ()
             content = error_content(AigcError("internal", f"the result cannot be sent: {exc.message}"))
             frames = self._encode_for(job, msg_type, content)
-        self._board.finish(job, Final(msg_type, content, buffers, job.request, tuple(job.msg_ids)))
+        self._board.finish(job, Final(msg_type, content, buffers, job.request.to_dict(), tuple(job.msg_ids)))
         self._log_job(job, msg_type, content)
         self._send_job_frames(job, frames)
 
@@ -370,7 +389,8 @@ class Server:
         assert req is not None and key is not None  # the codec guarantees both for a generate
         found = self._board.find(key)
         if found is not None:
-            if found.request != req:
+            sent = found.request if isinstance(found, Final) else found.request.to_dict()
+            if sent != req.to_dict():  # input images compare by their sha256
                 raise InvalidRequest(f"request_key {key} was already used for a different request; "
                                      "use a new key for new work", "header.request_key")
             if isinstance(found, Final):  # finished: the same final message again, to this attempt
@@ -396,7 +416,8 @@ class Server:
         req, key = msg.request, msg.request_key
         found = self._board.find(key)
         if found is not None:
-            if found.request != req:
+            sent = found.request if isinstance(found, Final) else found.request.to_dict()
+            if sent != req.to_dict():  # mesh arrays compare by their sha256
                 raise InvalidRequest(f"request_key {key} was already used for a different request; "
                                      "use a new key for new work", "header.request_key")
             if isinstance(found, Final):
@@ -465,11 +486,8 @@ class Server:
     def _on_list_models(self, route: list[bytes], msg: Message) -> None:
         models, current = [], None
         if self._pipeline is not None:
-            m = self._pipeline.manifest
-            current = m["model_id"]
-            models.append({"id": current, "hash": m["package_hash"], "kinds": list(KINDS),
-                           "width": m["native_size"][1], "height": m["native_size"][0],
-                           "steps": m["recommended"]["steps"], "schedulers": list(SCHEDULERS), "loaded": True})
+            current = self._pipeline.manifest["model_id"]
+            models.append(model_info(self._pipeline.manifest))
         self._reply(route, msg, "list_models_reply", {"models": models, "current": current})
 
     def _on_shutdown(self, route: list[bytes], msg: Message) -> None:

@@ -32,7 +32,7 @@ class Final:
     msg_type: str  # "result" or "error"
     content: dict
     buffers: tuple[bytes, ...]
-    request: GenerateRequest  # as the client sent it (or a ProjectRequest): a reused key with another is refused
+    request: dict  # as sent (to_dict: images and mesh arrays by sha256): a reused key with another is refused
     msg_ids: tuple[str, ...]
 
     @property

@@ -1,0 +1,181 @@
+"""Input images through the real sidecar (`aigc-bridge serve` with the shipped texture-mini, real loopback
+sockets): every bad image or image field is answered with a clear error naming the field and the limit, the
+sidecar keeps serving, and a pre-1.2 peer is handled by the version rules of docs/protocol.md."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from datetime import datetime, timezone
+
+import pytest
+import zmq
+
+from aigc_bridge.client import Client
+from aigc_bridge.errors import AigcError
+from aigc_bridge.input_image import InputImage
+from aigc_bridge.protocol import INPUT_ROLE, MAGIC, REPLY_TYPES, Codec, split_routing
+
+from .sidecar import SidecarProcess
+from .test_protocol_images import png, png_header
+
+KEY = b"images-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """One signed sidecar with the shipped texture-mini (no --model)."""
+    tmp = tmp_path_factory.mktemp("mini")
+    key_file = tmp / "key"
+    key_file.write_bytes(KEY)
+    server = SidecarProcess(tmp, None, "--key-file", str(key_file))
+    yield server
+    server.stop()
+
+
+def sign(body: list[bytes]) -> bytes:
+    mac = hmac.new(KEY, digestmod=hashlib.sha256)
+    for frame in body:
+        mac.update(len(frame).to_bytes(8, "big") + frame)
+    return mac.hexdigest().encode()
+
+
+def raw_generate(msg_id: str, content: dict, buffers: list[bytes], version: str = "1.2") -> list[bytes]:
+    """A generate written apart from the codec (whose encoder would refuse what these tests send)."""
+    header = {"msg_id": msg_id, "msg_type": "generate", "version": version, "session": "img-test",
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "request_key": f"rk-{msg_id}"}
+    body = [json.dumps(header).encode(), b"", json.dumps(content).encode(), *buffers]
+    return [MAGIC, sign(body), *body]
+
+
+def desc(index: int, data: bytes, **over) -> dict:
+    image = InputImage.from_bytes(data, "x")
+    return {"index": index, "mime": image.mime, "role": INPUT_ROLE, "width": image.width,
+            "height": image.height, **over}
+
+
+class Peer:
+    """A raw DEALER on the sidecar: send frames, read the one final answer (progress acks skipped)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(endpoint)
+        self.codec = Codec(KEY, accept=REPLY_TYPES)
+
+    def ask(self, frames: list[bytes]):
+        self.sock.send_multipart(frames)
+        while True:
+            assert self.sock.poll(20_000), "the sidecar stopped answering"
+            msg = self.codec.decode(split_routing(self.sock.recv_multipart())[1])
+            if msg.msg_type != "progress":
+                return msg
+
+    def close(self) -> None:
+        self.sock.close()
+        self.context.term()
+
+
+RED = png(32, 32, (200, 30, 30))
+
+
+def bad_cases():
+    """(name, content, buffers, field, words in the message): what a careless or hostile client may send."""
+    init = {"prompt": "p", "init": {"buffer": 0}, "steps": 2}
+    yield "declared mime", {**init, "buffers": [desc(0, RED, mime="image/jpeg")]}, [RED], "init", "image/jpeg"
+    yield "declared size", {**init, "buffers": [desc(0, RED, width=64)]}, [RED], "init", "declared 64 x 32"
+    yield "unreadable", {**init, "buffers": [desc(0, RED)]}, [b"\x89PNG\r\n\x1a\n" + b"\0" * 4], "init", \
+        "not a readable image"
+    yield "not an image", {**init, "buffers": [desc(0, RED)]}, [b"GIF89a" + RED[6:]], "init", \
+        "not a PNG, JPEG or WebP"
+    yield "30000 px header", {**init, "buffers": [desc(0, RED, width=30_000, height=30_000)]}, \
+        [png_header(30_000, 30_000)], "init", "at most 8192 pixels"
+    yield "frame for no field", {**init, "buffers": [desc(0, RED), desc(1, RED)]}, [RED, RED], "buffers[1]", \
+        "no field"
+    yield "strength 0", {**init, "strength": 0, "buffers": [desc(0, RED)]}, [RED], "strength", "above 0"
+    yield "strength 1.5", {**init, "strength": 1.5, "buffers": [desc(0, RED)]}, [RED], "strength", \
+        "between 0.0 and 1.0"
+    yield "mask without init", {"prompt": "p", "mask": {"buffer": 0}, "buffers": [desc(0, RED)]}, [RED], "mask", \
+        "give init"
+    yield "too many controls", {"prompt": "p", "controls": [{"name": "depth", "image": {"buffer": i}}
+                                                           for i in range(5)],
+                                "buffers": [desc(i, RED) for i in range(5)]}, [RED] * 5, "controls", "limit is 4"
+
+
+@pytest.mark.parametrize("name, content, buffers, field, words", list(bad_cases()),
+                         ids=[c[0] for c in bad_cases()])
+def test_bad_input_images_are_refused_by_field_and_the_sidecar_keeps_serving(
+        mini, name, content, buffers, field, words) -> None:
+    peer = Peer(mini.endpoint)
+    try:
+        answer = peer.ask(raw_generate(f"bad-{abs(hash(name))}", content, buffers))
+        assert answer.msg_type == "error" and answer.content["code"] == "invalid_request", answer.content
+        assert answer.content["field"] == field and words in answer.content["message"], answer.content
+        assert peer.ask(raw_generate(f"ok-{abs(hash(name))}", {"prompt": "still here", "steps": 1, "seed": 1},
+                                     [])).msg_type == "result"
+    finally:
+        peer.close()
+    assert mini.proc.poll() is None
+
+
+def test_list_models_advertises_what_a_request_may_ask(mini) -> None:
+    with mini.client(timeout=10) as client:
+        (model,) = client.list_models()
+    assert model["size_multiple"] == 4 and (model["width"], model["height"]) == (32, 32)
+    assert model["max_side"] == 4096 and model["tile_modes"] == ["none", "both", "x"]
+    assert {"init", "mask"} <= set(model["accepts"]) and model["controlnets"] == []
+
+
+def test_a_1_1_client_still_works(mini) -> None:
+    peer = Peer(mini.endpoint)
+    try:
+        answer = peer.ask(raw_generate("old-client", {"prompt": "old", "steps": 1, "seed": 3}, [], version="1.1"))
+    finally:
+        peer.close()
+    assert answer.msg_type == "result" and answer.content["images"][0]["seed"] == 3
+    assert answer.version == "1.2"
+
+
+def test_images_against_a_1_1_server_are_a_clear_error(tmp_path) -> None:
+    """An old server acknowledges a generate (and would ignore its images): the client stops at the ack.
+    The old server is a stand-in speaking 1.1 on a real socket; there is no 1.1 sidecar to start."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    old = Codec(KEY, session="old-server")
+    seen: list[str] = []
+
+    def serve() -> None:
+        while router.poll(5000):
+            route, body = split_routing(router.recv_multipart())
+            msg = old.decode(body)
+            seen.append(msg.msg_type)
+            frames = old.reply(msg, "progress" if msg.msg_type == "generate" else "cancel_reply",
+                               {"step": 0, "total": 2, "stage": "queued", "queue_position": 0}
+                               if msg.msg_type == "generate" else {"cancelled": True, "state": "queued"})
+            header = json.loads(frames[2])
+            header["version"] = "1.1"
+            frames[2] = json.dumps(header).encode()
+            frames[1] = old._sign(frames[2:])
+            router.send_multipart([*route, *frames])
+            if msg.msg_type == "cancel":
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", key=KEY, timeout=10) as client:
+            with pytest.raises(AigcError) as info:
+                client.generate("restyle", init=RED, strength=0.5, steps=2)
+            assert client.server_version == "1.1"
+            thread.join(10)
+    finally:
+        router.close()
+        context.term()
+    assert info.value.code == "unsupported_version" and info.value.field == "init"
+    assert "1.2" in info.value.message and "1.1" in info.value.message
+    assert seen == ["generate", "cancel"]  # and the old server was told to drop the job
