@@ -42,6 +42,39 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth of colour and data maps")
 
 
+def _add_control_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", action="append", default=[], metavar="NAME=IMAGE[:SCALE[:START:END]]",
+                   help="steer with the model's controlnet NAME (e.g. depth=depth.png:0.8, canny=edges.png:1:0:0.5): "
+                        "conditioning scale (default 1) and the part of the schedule it acts on (default 0 to 1); "
+                        "repeatable, up to 4")
+    p.add_argument("--depth", type=Path, metavar="IMAGE",
+                   help="SD 2 depth models: the depth map (near = bright), resized to the generation size")
+
+
+def parse_control(spec: str, index: int):
+    """``NAME=IMAGE[:SCALE[:START:END]]`` -> ControlInput (the image path may itself contain ':')."""
+    from .input_image import InputImage
+    from .request import ControlInput
+
+    field = f"controls[{index}]"
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise AigcError("invalid_request", f"--control {spec!r}: expected NAME=IMAGE[:SCALE[:START:END]], e.g. "
+                        "depth=depth.png:0.8", field)
+    parts = rest.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 3:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    if len(numbers) == 2:
+        raise AigcError("invalid_request", f"--control {spec!r}: START needs END (NAME=IMAGE:SCALE:START:END)", field)
+    values = dict(zip(("scale", "start", "end"), numbers))
+    return ControlInput(name, InputImage.from_path(":".join(parts), f"{field}.image"), **values)
+
+
 def _add_memory_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-limit", type=float, metavar="GB",
                    help="memory generation may use, in GB (default on the CPU: 85%% of what is free at start; "
@@ -92,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "only (default: the model's own upscaler, e.g. texture-mini's 128 px stage, for --target-size)")
     _add_client_options(gen)
     _add_generation_options(gen)
+    _add_control_options(gen)
     _add_upscaler_options(gen)
     gen.set_defaults(run=_generate)
 
@@ -198,8 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "gpu-optimised graphs are verified on CUDA")
     exp.add_argument("--no-seamless", action="store_true",
                      help="skip the tile_both / tile_x graph variants (smaller and faster to export)")
+    exp.add_argument("--controlnet", action="append", default=[], metavar="ID_OR_PATH[=NAME]",
+                     help="export a diffusers ControlNet beside the model (name default: from the source, e.g. "
+                          "depth, canny); repeatable")
+    exp.add_argument("--control-inputs", action="store_true",
+                     help="give the UNet its controlnet inputs without a controlnet, so add-controlnet can add some "
+                          "later")
     exp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     exp.set_defaults(run=_export)
+
+    addcn = sub.add_parser("add-controlnet", help="export a ControlNet into an existing model package (atomic)")
+    addcn.add_argument("package", type=Path, help="the model package folder")
+    addcn.add_argument("source", help="the ControlNet: a diffusers folder or hub id")
+    addcn.add_argument("--name", help="its name in requests (default: from the source, e.g. depth, canny)")
+    addcn.set_defaults(run=_add_controlnet)
 
 
     bench = sub.add_parser("bench", help="time our runtime against diffusers on the real architectures",
@@ -236,7 +282,14 @@ def _request_from_args(args: argparse.Namespace):
                            scheduler=args.scheduler, tile=args.tile, count=args.count, kind=args.kind,
                            format="exr" if args.output.suffix.lower() == ".exr" else "png", pbr=args.pbr,
                            target_size=args.target_size, normal_convention=args.normal_convention,
-                           bit_depth=args.bit_depth)
+                           bit_depth=args.bit_depth, **_control_fields(args))
+
+
+def _control_fields(args: argparse.Namespace) -> dict:
+    from .input_image import InputImage
+
+    return {"controls": tuple(parse_control(spec, i) for i, spec in enumerate(args.control)),
+            "depth": None if args.depth is None else InputImage.from_path(args.depth, "depth")}
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -489,7 +542,17 @@ def _export(args: argparse.Namespace) -> int:
     export_pipeline(args.source, args.out_dir, model_id=args.model_id, fp16=args.fp16,
                     distillation=args.distillation, overwrite=args.overwrite, optimize=args.optimize,
                     seamless=not args.no_seamless, config=args.config, family=args.family, loras=args.lora,
-                    embeddings=args.embedding)
+                    embeddings=args.embedding, controlnets=args.controlnet, control_inputs=args.control_inputs)
+    return 0
+
+
+def _add_controlnet(args: argparse.Namespace) -> int:
+    try:
+        from aigc_bridge_export.controlnet import add_controlnet
+    except ImportError as exc:
+        raise AigcError("missing_dependency", f"add-controlnet needs the export extra ({exc.name} is missing): "
+                        "pip install 'aigc-bridge[export]'", "export") from None
+    add_controlnet(args.package, args.source, args.name)
     return 0
 
 

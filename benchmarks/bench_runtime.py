@@ -29,6 +29,7 @@ def worker(args: argparse.Namespace) -> None:
     timings, steps = [], args.steps[0]
     if args.worker == "ours":
         from aigc_bridge.engine import Pipeline
+        from aigc_bridge.engine.conditioning import Noise
         from aigc_bridge.request import GenerateRequest
 
         pipe = Pipeline.load(args.onnx, provider="cpu", threads=args.threads)
@@ -37,7 +38,7 @@ def worker(args: argparse.Namespace) -> None:
                               height=args.size, scheduler="euler")
         for _ in range(args.reps + 1):
             t = time.perf_counter()
-            pipe.generate(req, latents=latents)
+            pipe.generate(req, noise=Noise(latents))
             timings.append(time.perf_counter() - t)
     else:
         import torch

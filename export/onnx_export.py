@@ -113,6 +113,7 @@ class _Graph:
     seamless_target: nn.Module | None = None   # module whose convs take circular padding
     tiles: Sequence[str] = ("none",)
     fp32: bool = False             # keep fp32 even in an fp16 package (e.g. the SDXL VAE)
+    weights: str | None = None     # the weights file stem it shares (default: its own name)
     files: dict[str, str] = field(default_factory=dict)   # tile -> graph file
     parity: dict[str, dict] = field(default_factory=dict)  # graph file -> the parity check's numbers
 
@@ -201,11 +202,14 @@ class ExportOptions:
 
 def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log: Callable[[str], None] = print,
                     config: str | None = None, family: str | None = None, loras: Sequence = (),
-                    embeddings: Sequence = (), **options) -> Path:
+                    embeddings: Sequence = (), controlnets: Sequence[str] = (), control_inputs: bool = False,
+                    **options) -> Path:
     """Export ``source`` (a diffusers folder, a hub id, a single-file ``.safetensors`` / ``.ckpt`` checkpoint,
     or a loaded DiffusionPipeline) to a verified model package in ``out_dir``. ``config`` and ``family`` steer
     single-file conversion (docs/use-your-own-models.md); ``loras`` ("FILE[:WEIGHT]") are fused and
-    ``embeddings`` ("FILE[:TOKEN]") added before export. ``options`` are the fields of :class:`ExportOptions`."""
+    ``embeddings`` ("FILE[:TOKEN]") added before export. ``controlnets`` ("ID_OR_PATH[=NAME]") are exported
+    beside the model, with the UNet's residual-input variant; ``control_inputs`` adds that variant alone, so
+    controlnets can be added later (``add_controlnet``). ``options`` are the fields of :class:`ExportOptions`."""
     from diffusers import DiffusionPipeline
 
     from .adapters import add_embeddings, fuse_loras
@@ -233,6 +237,9 @@ def export_pipeline(source, out_dir: str | Path, *, overwrite: bool = False, log
     for part in ("text_encoder", "text_encoder_2", "unet", "vae"):
         if getattr(pipe, part, None) is not None:
             getattr(pipe, part).eval()
+    control = _load_controlnets(pipe, controlnets, opts.model_id or _default_model_id(source), log)
+    if control_inputs or control:
+        provenance["control"] = control
 
     with staged(out_dir) as staging:
         opts = dataclasses.replace(opts, model_id=opts.model_id or _default_model_id(source))
@@ -264,14 +271,35 @@ def _default_model_id(source: str) -> str:
     return path.name if path.exists() else source
 
 
+def _load_controlnets(pipe, specs: Sequence[str], model_label: str, log: Callable[[str], None]) -> list:
+    """(source, name, model) for each ``ID_OR_PATH[=NAME]``, each checked against the UNet before any export."""
+    from . import controlnet as cn
+
+    out, names = [], set()
+    for spec in specs:
+        source, name = cn.parse_spec(spec)
+        if name in names:
+            raise ExportError(f"two controlnets are named {name}: give one another name (ID_OR_PATH=NAME)", "name")
+        names.add(name)
+        log(f"loading controlnet {source} as {name!r}")
+        model = cn.load_controlnet(source)
+        cn.check_fits(cn.signature(model), source, cn.signature(pipe.unet), model_label)
+        out.append((source, name, model))
+    return out
+
+
 def _export_into(pipe, source: str, root: Path, family: str, distillation: str, opts: ExportOptions,
                  log: Callable[[str], None], provenance: dict | None = None) -> dict:
+    provenance = dict(provenance or {})
+    control = provenance.pop("control", None)  # None: no residual-input UNet; else [(source, name, model)]
     fp16 = opts.fp16
     tiles = TILE_GRAPHS if opts.seamless else ("none",)
     unet_cfg, vae_cfg = pipe.unet.config, pipe.vae.config
     vae_factor = 2 ** (len(vae_cfg.block_out_channels) - 1)
     latent_multiple = 2 ** (len(unet_cfg.block_out_channels) - 1)
-    latent_channels = unet_cfg.in_channels
+    latent_channels = int(vae_cfg.latent_channels)
+    # 9 for inpainting UNets (latents, mask, masked-image latents), 5 for SD 2 depth (latents, depth)
+    unet_channels = int(unet_cfg.in_channels)
     timestep_cond = bool(unet_cfg.get("time_cond_proj_dim"))
     text_time = unet_cfg.get("addition_embed_type") == "text_time"
 
@@ -312,7 +340,7 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
 
     def unet_inputs(seed, batch, h, w):
         g = torch.Generator().manual_seed(seed)
-        args = [torch.randn(batch, latent_channels, h, w, generator=g),
+        args = [torch.randn(batch, unet_channels, h, w, generator=g),
                 torch.rand(batch, generator=g) * 999,
                 torch.randn(batch, text_length, context_dim, generator=g)]
         if text_time:
@@ -330,9 +358,20 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     unet_axes["sample"] = {0: "batch", 2: "height", 3: "width"}
     unet_axes["out_sample"] = {0: "batch", 2: "height", 3: "width"}
     m = latent_multiple
-    graphs.append(_Graph("unet", _UNet(pipe.unet, text_time, timestep_cond), unet_inputs, unet_names,
-                         ["out_sample"], unet_axes, (2, 2 * m, 2 * m), (3, 3 * m, 4 * m),
-                         seamless_target=pipe.unet, tiles=tiles))
+    unet_graph = _UNet(pipe.unet, text_time, timestep_cond)
+    graphs.append(_Graph("unet", unet_graph, unet_inputs, unet_names, ["out_sample"], unet_axes, (2, 2 * m, 2 * m),
+                         (3, 3 * m, 4 * m), seamless_target=pipe.unet, tiles=tiles))
+    control_specs = []
+    if control is not None:
+        from . import controlnet as cn
+
+        dims = cn.GraphDims(unet_channels, text_length, context_dim, pooled_dim, cond_dim, text_time, vae_factor, m)
+        control_unet, layout = cn.unet_control_graph(_Graph, unet_graph, pipe.unet, dims, tiles)
+        graphs.append(control_unet)
+        for cn_source, cn_name, model in control:
+            graph, spec = cn.controlnet_graph(_Graph, cn_name, model, dims, tiles)
+            graphs.append(graph)
+            control_specs.append((cn_name, cn_source, graph, spec, cn.signature(model)))
 
     def latents(seed, batch, h, w):
         g = torch.Generator().manual_seed(seed)
@@ -349,12 +388,10 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
                          seamless_target=pipe.vae, tiles=tiles, fp32=keep_vae_fp32))
     graphs.append(_Graph("vae_encoder", _VaeEncoder(pipe.vae), images, ["image"], ["latent_parameters"],
                          {"image": image_axes, "latent_parameters": image_axes}, (1, 2 * m, 2 * m),
-                         (2, 3 * m, 4 * m), fp32=keep_vae_fp32))
+                         (2, 3 * m, 4 * m), seamless_target=pipe.vae, tiles=tiles, fp32=keep_vae_fp32))
 
     by_name = {graph.name: graph for graph in graphs}
-    with tempfile.TemporaryDirectory() as scratch:
-        for graph in graphs:
-            _export_graph(graph, root, Path(scratch), fp16 and not graph.fp32, opts.optimize, log)
+    export_graphs(graphs, root, fp16, opts.optimize, log)
 
     scheduler_config = _scheduler_config(pipe.scheduler, distillation)
     sample_size = unet_cfg.sample_size
@@ -377,13 +414,22 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
         "recommended": recommended,
         "force_zeros_for_empty_prompt": bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
         "text_encoders": encoder_specs,
-        "unet": {"graphs": by_name["unet"].files, "text_time": text_time,
+        "unet": {"graphs": by_name["unet"].files, "in_channels": unet_channels, "text_time": text_time,
+                 "conditioning": {latent_channels + 1: "depth",
+                                  latent_channels + 5: "inpaint"}.get(unet_channels, "none"),
                  "pooled_dim": pooled_dim, "timestep_cond_dim": cond_dim},
         "vae_decoder": {"graphs": by_name["vae_decoder"].files},
         "vae_encoder": {"graphs": by_name["vae_encoder"].files},
         "parity": {name: numbers for graph in graphs for name, numbers in graph.parity.items()},
-        **(provenance or {}),
+        **provenance,
     }
+    if control is not None:
+        from . import controlnet as cn
+
+        manifest["unet"]["control"] = {"graphs": by_name["unet.control"].files, "residuals": layout,
+                                       "signature": cn.signature(pipe.unet)}
+        manifest["controlnets"] = {name: cn.controlnet_entry(name, src, graph, spec, sig)
+                                   for name, src, graph, spec, sig in control_specs}
     if opts.memory_profile:
         manifest["memory"] = profile_package(root, manifest, log)
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
@@ -393,12 +439,19 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
     return manifest
 
 
-def _export_graph(graph: _Graph, root: Path, scratch: Path, fp16: bool, optimize: str,
-                  log: Callable[[str], None]) -> None:
-    with open(root / f"{graph.name}.weights", "wb") as weights_file:
-        weights = _SharedWeights(weights_file)
-        for tile in graph.tiles:
-            _export_variant(graph, tile, weights, root, scratch, fp16, optimize, log)
+def export_graphs(graphs: Sequence[_Graph], root: Path, fp16: bool, optimize: str, log: Callable[[str], None],
+                  weights: dict[str, _SharedWeights] | None = None) -> None:
+    """Export each graph's variants into ``root``; graphs naming the same ``weights`` stem share one file.
+    ``weights`` (stem -> _SharedWeights) continues files already written (add_controlnet)."""
+    weights = {} if weights is None else weights
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as files:
+        for graph in graphs:
+            stem = graph.weights or graph.name
+            if stem not in weights:
+                weights[stem] = _SharedWeights(files.enter_context(open(root / f"{stem}.weights", "wb")))
+            for tile in graph.tiles:
+                _export_variant(graph, tile, weights[stem], root, Path(scratch), fp16 and not graph.fp32, optimize,
+                                log)
 
 
 def _export_variant(graph: _Graph, tile: str, weights: _SharedWeights, root: Path, scratch: Path, fp16: bool,
@@ -431,8 +484,8 @@ def _export_variant(graph: _Graph, tile: str, weights: _SharedWeights, root: Pat
         f"(limit {graph.parity[file_name]['limit']:.2e}, {graph.parity[file_name]['provider']})")
 
 
-_MODEL_TYPES = {"unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae", "text_encoder": "clip",
-                "text_encoder_2": "clip"}
+_MODEL_TYPES = {"unet": "unet", "unet.control": "unet", "vae_decoder": "vae", "vae_encoder": "vae",
+                "text_encoder": "clip", "text_encoder_2": "clip"}
 # Fusions whose contrib ops have CUDA kernels only (onnxruntime 1.2x); a CPU-optimised graph leaves them out.
 _GPU_ONLY_FUSIONS = ("enable_group_norm", "enable_skip_group_norm", "enable_nhwc_conv", "enable_bias_splitgelu",
                      "enable_bias_add", "enable_packed_qkv", "enable_packed_kv")
@@ -445,7 +498,7 @@ def optimize_graph(model: onnx.ModelProto, name: str, target: str, log: Callable
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model_type = _MODEL_TYPES.get(name)
+    model_type = _MODEL_TYPES.get(name) or ("unet" if name.startswith("controlnet.") else None)
     if model_type is None:
         return model
     options = FusionOptions(model_type)

@@ -76,10 +76,24 @@ def load_source(source: str, *, config: str | None = None, family: str | None = 
                               "diffusers folder or hub id, which carries its own configs", flag.lstrip("-"))
     log(f"loading {source}")
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32, **_unused_parts(source))
     except Exception as exc:  # diffusers raises many types for a bad source; report them all the same way
         raise ExportError(f"could not load a diffusers pipeline from {source!r}: {exc}", "source") from None
     return Source(pipe, source, None)
+
+
+def _unused_parts(source: str) -> dict:
+    """Parts of a pipeline the export never uses, not loaded: SD 2 depth's depth estimator (DPT-Hybrid, 0.5 GB;
+    requests give the depth map)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(source)
+    except Exception:  # from_pretrained reports a bad source
+        return {}
+    if index.get("_class_name") == "StableDiffusionDepth2ImgPipeline":
+        return {"depth_estimator": None, "feature_extractor": None}
+    return {}
 
 
 def is_diffusion_checkpoint(path: Path) -> bool:

@@ -149,6 +149,44 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, text_width_2: int = 32) 
     return out
 
 
+def build_tiny_controlnet(base_dir: str | Path, out_dir: str | Path, seed: int = 0,
+                          conditioning_channels: int = 3) -> Path:
+    """A ControlNetModel for the tiny pipeline in ``base_dir`` (its UNet's architecture, SD or SDXL), with random
+    weights everywhere: diffusers zero-initialises the output convolutions, which would hide every mistake."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(base_dir) / "unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32),
+                                           conditioning_channels=conditioning_channels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in controlnet.parameters():
+            param.add_(torch.randn(param.shape, generator=g) * 0.05)
+    out = Path(out_dir)
+    controlnet.save_pretrained(out)
+    return out
+
+
+def build_tiny_depth(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny SD 2 depth-like pipeline (StableDiffusionDepth2ImgPipeline): a 5-channel UNet (latents + depth),
+    SD 2 text encoder; no depth estimator (requests give the depth map)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionDepth2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = train_clip_tokenizer(prompt_corpus(), pad_token="!")
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=5,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=32, attention_head_dim=(2, 4), use_linear_projection=True)
+    pipe = StableDiffusionDepth2ImgPipeline(vae=_vae(), text_encoder=CLIPTextModel(_text_config(len(tokenizer))),
+                                            tokenizer=tokenizer, unet=unet,
+                                            scheduler=EulerDiscreteScheduler(**_scheduler_config()),
+                                            depth_estimator=None, feature_extractor=None)
+    out = Path(out_dir)
+    pipe.save_pretrained(out)  # without the absent depth estimator: load with depth_estimator=None
+    return out
+
 
 def _lora_targets(pipe) -> dict[str, dict[str, torch.nn.Module]]:
     """The layers kohya's trainer puts a LoRA on: every linear (and 1x1 conv) inside the UNet's transformer

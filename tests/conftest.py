@@ -135,3 +135,19 @@ def cli(*args: str, **kwargs):
 
     return subprocess.run([sys.executable, "-m", "aigc_bridge.cli", *args], capture_output=True, text=True,
                           timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint(workdir, tiny_inpaint_src) -> Path:
+    return _exported(workdir, "tiny-inpaint", tiny_inpaint_src)
+
+
+def png_bytes(pixels) -> bytes:
+    """uint8 H x W (x 3) -> PNG bytes, for input images."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -13,6 +13,7 @@ from aigc_bridge_export.errors import ExportError
 
 from aigc_bridge.assets.outputs import write_outputs
 from aigc_bridge.engine import Pipeline
+from aigc_bridge.engine.conditioning import Noise
 from aigc_bridge.engine.package import sha256_file
 from aigc_bridge.request import GenerateRequest
 
@@ -65,11 +66,11 @@ def test_two_loras_in_both_formats_fused_at_export_match_diffusers(tiny_sd_src, 
                           {"name": peft.name, "sha256": sha256_file(peft), "weight": 0.5}]
     latents = np.random.default_rng(7).standard_normal((1, 4, 32, 32), dtype=np.float32)
     request = GenerateRequest("red brick wall", negative_prompt="blurry", steps=4, guidance=7.5, seed=0)
-    ours = Pipeline.load(out, provider="cpu").generate(request, latents=latents)
+    ours = Pipeline.load(out, provider="cpu").generate(request, noise=Noise(latents))
     ref = _image(_fused_reference(tiny_sd_src, [(kohya, 0.8), (peft, 0.5)]), latents, prompt="red brick wall",
                  negative_prompt="blurry", num_inference_steps=4, guidance_scale=7.5)
     assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
-    plain = Pipeline.load(tiny_sd, provider="cpu").generate(request, latents=latents)
+    plain = Pipeline.load(tiny_sd, provider="cpu").generate(request, noise=Noise(latents))
     assert np.max(np.abs(ours.images[0] - plain.images[0])) > 1e-2  # the LoRAs change the picture (>> 1e-4)
     # every result names the LoRAs, with hash and weight: the engine's metadata and the JSON beside the image
     assert ours.metadata(0)["loras"] == m["loras"]
@@ -92,15 +93,15 @@ def test_weight_zero_is_the_base_model_and_embeddings_match_diffusers(tiny_sd_sr
     ours = Pipeline.load(out, provider="cpu")
     plain = Pipeline.load(tiny_sd, provider="cpu")
     request = GenerateRequest("grey hexagon tiles", steps=4, guidance=7.5, seed=0)
-    assert np.max(np.abs(ours.generate(request, latents=latents).images[0]
-                         - plain.generate(request, latents=latents).images[0])) < 1e-5
+    assert np.max(np.abs(ours.generate(request, noise=Noise(latents)).images[0]
+                         - plain.generate(request, noise=Noise(latents)).images[0])) < 1e-5
     reference = _pipe(tiny_sd_src)
     reference.load_textual_inversion(str(embedding), token="<tile-style>")
     prompt = "grey <tile-style> hexagon tiles"
-    with_token = ours.generate(GenerateRequest(prompt, steps=4, guidance=7.5, seed=0), latents=latents)
+    with_token = ours.generate(GenerateRequest(prompt, steps=4, guidance=7.5, seed=0), noise=Noise(latents))
     ref = _image(reference, latents, prompt=prompt, num_inference_steps=4, guidance_scale=7.5)
     assert np.max(np.abs(with_token.images[0] - ref[0])) < 1e-4
-    assert np.max(np.abs(with_token.images[0] - plain.generate(request, latents=latents).images[0])) > 1e-3
+    assert np.max(np.abs(with_token.images[0] - plain.generate(request, noise=Noise(latents)).images[0])) > 1e-3
 
 
 def test_sdxl_lora_on_both_text_encoders_and_embedding_match_diffusers(tiny_sdxl_src, tmp_path):
@@ -121,7 +122,7 @@ def test_sdxl_lora_on_both_text_encoders_and_embedding_match_diffusers(tiny_sdxl
     latents = np.random.default_rng(9).standard_normal((1, 4, 32, 32), dtype=np.float32)
     prompt = "xlstyle weathered blue wooden planks"
     ours = Pipeline.load(out, provider="cpu").generate(
-        GenerateRequest(prompt, negative_prompt="dark", steps=4, guidance=5.0, seed=0), latents=latents)
+        GenerateRequest(prompt, negative_prompt="dark", steps=4, guidance=5.0, seed=0), noise=Noise(latents))
     ref = _image(reference, latents, prompt=prompt, negative_prompt="dark", num_inference_steps=4,
                  guidance_scale=5.0)
     assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4

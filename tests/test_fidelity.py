@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from aigc_bridge.engine import Pipeline
+from aigc_bridge.engine.conditioning import Noise
 from aigc_bridge.request import GenerateRequest
 from tests.test_schedulers import diffusers_scheduler
 
@@ -88,7 +89,8 @@ def test_scheduler_swap_equals_from_config(sd21_like, scheduler):
     src, model = sd21_like
     latents = np.random.default_rng(11).standard_normal((1, 4, 32, 32), dtype=np.float32)
     ours = Pipeline.load(model, provider="cpu").generate(
-        GenerateRequest("old grey stone wall", steps=5, guidance=7.5, seed=0, scheduler=scheduler), latents=latents)
+        GenerateRequest("old grey stone wall", steps=5, guidance=7.5, seed=0, scheduler=scheduler),
+        noise=Noise(latents))
     ref = _reference(src, latents, scheduler, prompt="old grey stone wall", num_inference_steps=5,
                      guidance_scale=7.5)
     assert ref.std() > 0.05
@@ -111,7 +113,7 @@ def test_default_scheduler_is_the_models_own(tiny_sd_src, workdir, class_name):
     pipe = Pipeline.load(_export(src), provider="cpu")
     assert pipe.manifest["scheduler"]["default"] == name
     latents = np.random.default_rng(12).standard_normal((1, 4, 32, 32), dtype=np.float32)
-    ours = pipe.generate(GenerateRequest("red brick wall", steps=6, guidance=7.5, seed=0), latents=latents)
+    ours = pipe.generate(GenerateRequest("red brick wall", steps=6, guidance=7.5, seed=0), noise=Noise(latents))
     assert ours.request.scheduler == name
     ref = _reference(src, latents, prompt="red brick wall", num_inference_steps=6, guidance_scale=7.5)
     assert _max_diff(ours, ref) < 1e-4
@@ -131,7 +133,7 @@ def test_dpmpp_2m_follows_the_config_and_karras_is_a_choice(tiny_sd_src, workdir
                                                                           "dpmpp_2m_karras"),
                                   ("plain", plain_src, None)):
         ours = Pipeline.load(_export(src), provider="cpu").generate(
-            GenerateRequest("blue marble", steps=6, guidance=7.5, seed=0, scheduler=scheduler), latents=latents)
+            GenerateRequest("blue marble", steps=6, guidance=7.5, seed=0, scheduler=scheduler), noise=Noise(latents))
         ref = _reference(src, latents, scheduler, prompt="blue marble", num_inference_steps=6, guidance_scale=7.5)
         assert _max_diff(ours, ref) < 1e-4, label
         images[label] = ours.images[0]
@@ -146,10 +148,10 @@ def test_sdxl_vae_with_latents_mean_and_std(tiny_sdxl_src, workdir):
     assert pipe.manifest["vae_latents_mean"] == stats["latents_mean"]
     latents = np.random.default_rng(14).standard_normal((1, 4, 32, 32), dtype=np.float32)
     request = GenerateRequest("weathered blue wooden planks", steps=4, guidance=5.0, seed=0)
-    ours = pipe.generate(request, latents=latents)
+    ours = pipe.generate(request, noise=Noise(latents))
     ref = _reference(src, latents, prompt="weathered blue wooden planks", num_inference_steps=4, guidance_scale=5.0)
     assert _max_diff(ours, ref) < 1e-4
-    plain = Pipeline.load(_export(tiny_sdxl_src), provider="cpu").generate(request, latents=latents)
+    plain = Pipeline.load(_export(tiny_sdxl_src), provider="cpu").generate(request, noise=Noise(latents))
     assert np.abs(plain.images[0] - ours.images[0]).max() > 1e-2  # the statistics change the image
 
 

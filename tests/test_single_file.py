@@ -15,6 +15,7 @@ import torch
 from aigc_bridge_export.errors import ExportError
 
 from aigc_bridge.engine import Pipeline
+from aigc_bridge.engine.conditioning import Noise
 from aigc_bridge.engine.package import sha256_file
 from aigc_bridge.request import GenerateRequest
 
@@ -41,7 +42,7 @@ def _assert_matches_from_single_file(package, cls_name: str, path, config, promp
     latents = np.random.default_rng(seed).standard_normal((count, 4, 32, 32), dtype=np.float32)
     ours = Pipeline.load(package, provider="cpu").generate(
         GenerateRequest(prompt, negative_prompt=negative, steps=4, guidance=guidance, count=count, seed=0),
-        latents=latents)
+        noise=Noise(latents))
     with torch.no_grad():
         ref = _reference(cls_name, path, config)(
             prompt=prompt, negative_prompt=negative or None, num_images_per_prompt=count, num_inference_steps=4,

@@ -10,6 +10,8 @@ import signal
 import numpy as np
 import pytest
 
+from aigc_bridge.engine.conditioning import Noise
+
 torch = pytest.importorskip("torch")
 
 
@@ -81,8 +83,8 @@ def test_generated_textures_tile(pipe):
 
     latents = np.random.default_rng(0).standard_normal((1, 4, 16, 16), dtype=np.float32)
     req = GenerateRequest("red brick wall", seed=1, tile="both")
-    image = pipe.generate(req, latents=latents).images[0]
-    shifted = pipe.generate(req, latents=np.roll(latents, (2, 4), axis=(2, 3))).images[0]
+    image = pipe.generate(req, noise=Noise(latents)).images[0]
+    shifted = pipe.generate(req, noise=Noise(np.roll(latents, (2, 4), axis=(2, 3)))).images[0]
     assert image.shape == (32, 32, 3)
     assert np.max(np.abs(np.roll(image, (4, 8), axis=(0, 1)) - shifted)) < 1e-5
 

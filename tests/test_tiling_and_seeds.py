@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aigc_bridge.engine.conditioning import Noise
 from aigc_bridge.request import GenerateRequest
 
 K = 4  # latent pixels; a multiple of the tiny UNet's total downsampling (2)
@@ -13,8 +14,8 @@ K = 4  # latent pixels; a multiple of the tiny UNet's total downsampling (2)
 def _pair(pipe, tile: str, axis: int):
     latents = np.random.default_rng(7).standard_normal((1, 4, 32, 32), dtype=np.float32)
     req = GenerateRequest("small white hexagon tiles", steps=4, guidance=7.5, seed=0, tile=tile)
-    image = pipe.generate(req, latents=latents).images[0]
-    shifted = pipe.generate(req, latents=np.roll(latents, K, axis=axis)).images[0]
+    image = pipe.generate(req, noise=Noise(latents)).images[0]
+    shifted = pipe.generate(req, noise=Noise(np.roll(latents, K, axis=axis))).images[0]
     factor = pipe.manifest["vae_scale_factor"]
     return np.roll(image, K * factor, axis=axis - 2), shifted  # latents NCHW -> image HWC
 

@@ -102,9 +102,10 @@ class Estimate:
 
 
 def estimate(manifest: dict, *, width: int, height: int, batch: int, output_pixels: int,
-             output_kind: str) -> Estimate | None:
+             output_kind: str, controlnets: tuple[str, ...] = ()) -> Estimate | None:
     """The request's peak: the largest of its stages (they run one after the other and share the arena).
-    None when the package carries no memory profile (exported before profiles existed)."""
+    ``controlnets``: the names of the request's ControlNet units. None when the package carries no memory
+    profile (exported before profiles existed)."""
     graphs = (manifest.get("memory") or {}).get("graphs")
     if not graphs:
         return None
@@ -114,12 +115,27 @@ def estimate(manifest: dict, *, width: int, height: int, batch: int, output_pixe
     unet = graphs.get(manifest["unet"]["graphs"]["none"])
     if unet is not None:
         parts["denoising"] = GraphProfile.from_manifest(unet).peak(area, batch) * SAFETY
+    if controlnets and manifest["unet"].get("control"):
+        parts["denoising"] = _control_peak(manifest, graphs, controlnets, area, batch, parts.get("denoising", 0.0))
     decoder = graphs.get(manifest["vae_decoder"]["graphs"]["none"])
     if decoder is not None:  # images are decoded one at a time
         parts["decoding"] = GraphProfile.from_manifest(decoder).peak(area, 1) * SAFETY
     parts["outputs"] = float(output_pixels * OUTPUT_BYTES_PER_PIXEL[output_kind])
     stage = max(parts, key=parts.get)
     return Estimate(parts[stage], stage, parts)
+
+
+def _control_peak(manifest: dict, graphs: dict, controlnets: tuple[str, ...], area: float, batch: int,
+                  plain: float) -> float:
+    """With ControlNet units a step runs each controlnet, then the residual-input UNet, one after the other
+    in the shared arena; their residuals (each unit's, scaled, and the running sum) live in numpy meanwhile."""
+    control = manifest["unet"]["control"]
+    peaks = [plain]
+    for graph in [control["graphs"]["none"]] + [manifest["controlnets"][n]["graphs"]["none"] for n in controlnets]:
+        if graph in graphs:
+            peaks.append(GraphProfile.from_manifest(graphs[graph]).peak(area, batch) * SAFETY)
+    residual_floats = sum(r["channels"] * area / (r["downscale"] ** 2) for r in control["residuals"])
+    return max(peaks) + 3 * batch * residual_floats * 4
 
 
 def available_bytes() -> int | None:

@@ -19,7 +19,8 @@ import numpy as np
 from .. import __version__
 from ..errors import Cancelled, InvalidRequest
 from ..request import MAX_SEED, MAX_SIDE, GenerateRequest
-from . import memory
+from . import controls, inputs, memory
+from .conditioning import InpaintBlend, InpaintChannels, Noise, StepCondition, first_step, sample_posterior
 from .latent_space import LatentSpace
 from .package import ModelPackage
 from .providers import choose_providers, import_onnxruntime, open_session
@@ -62,6 +63,19 @@ class GenerationResult:
         return {**self.request.to_dict(), "seed": self.seeds[index], "count": 1, "model_id": self.model_id,
                 "model_hash": self.package_hash, **adapters, "provider": self.provider,
                 "timings_ms": self.timings_ms, "tool_version": __version__}
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """An init at the generation size (H x W x 3, [0, 1]) and its mask (H x W, 1 = repaint, blurred) or None."""
+
+    pixels: np.ndarray
+    mask: np.ndarray | None
+
+    def paste_back(self, generated: np.ndarray) -> np.ndarray:
+        """The init's own pixels where the mask is 0 (exactly), blended by the mask elsewhere."""
+        m = self.mask[..., None]
+        return np.where(m > 0, self.pixels * (np.float32(1.0) - m) + generated * m, self.pixels).astype(np.float32)
 
 
 class Pipeline:
@@ -182,8 +196,12 @@ class Pipeline:
         """Fill every default from the model, and check what this model accepts (sizes)."""
         m = self.manifest
         recommended = m["recommended"]
-        width = request.width or m["native_size"][1]
-        height = request.height or m["native_size"][0]
+        if request.init is not None:  # the init's aspect at the model's native area (docs/conditioning.md)
+            width, height = inputs.default_size(request.init.width, request.init.height, m["native_size"],
+                                                m["size_multiple"], request.width, request.height)
+        else:
+            width = request.width or m["native_size"][1]
+            height = request.height or m["native_size"][0]
         if request.kind == "backdrop" and not (request.width and request.height):
             # equirectangular: 2:1, from whichever side was given (or the native height)
             height = request.height or (request.width // 2 if request.width else height)
@@ -205,9 +223,39 @@ class Pipeline:
             request, width=width, height=height, seed=seed,
             steps=request.steps or recommended["steps"],
             guidance=request.guidance if request.guidance is not None else recommended["guidance"],
-            scheduler=request.scheduler or m["scheduler"]["default"], tile=tile)
+            scheduler=request.scheduler or m["scheduler"]["default"], tile=tile,
+            strength=request.effective_strength if request.init is not None else None)
+        self._check_image_conditioning(resolved)
+        controls.check_request(m, resolved)
         self._check_memory(resolved)
         return resolved
+
+    def _check_image_conditioning(self, req: GenerateRequest) -> None:
+        """What this model needs of an init / mask: an encoder, and at least one step left after the cut."""
+        m = self.manifest
+        if req.init is None:
+            if self._unet_in_channels() == 9:
+                raise InvalidRequest(f"{m['model_id']} is an inpainting model (9-channel UNet): it repaints the "
+                                     "masked part of an image; give init and mask", "init")
+            return
+        if not m.get("vae_encoder", {}).get("graphs", {}).get("none"):
+            raise InvalidRequest(f"{m['model_id']} has no VAE encoder graph, which image to image and inpainting "
+                                 "need (re-export it)", "init")
+        kept = min(int(req.steps * req.strength), req.steps)
+        if kept < 1:
+            turbo = m.get("distillation") == "turbo"
+            need = math.ceil(1 / req.strength - 1e-9)
+            raise InvalidRequest(
+                f"steps x strength must be at least 1 ({req.steps} x {req.strength} runs no step"
+                + ("; a Turbo model samples in few steps, so give more steps" if turbo else "")
+                + f"): use steps {need} or more with strength {req.strength}, or a strength of at least "
+                f"{1 / req.steps:g} with {req.steps} step{'s' if req.steps > 1 else ''}", "strength")
+        if self._unet_in_channels() == 9 and req.mask is None:
+            raise InvalidRequest(f"{m['model_id']} is an inpainting model (9-channel UNet): give a mask with the "
+                                 "init", "mask")
+
+    def _unet_in_channels(self) -> int:
+        return int(self.manifest["unet"].get("in_channels") or self.manifest["latent_channels"])
 
     def _uses_cfg(self, req: GenerateRequest) -> bool:
         """Classifier-free guidance: the UNet sees [unconditional, conditional], twice the batch."""
@@ -222,7 +270,7 @@ class Pipeline:
         kind = "backdrop" if req.kind == "backdrop" else ("pbr" if req.pbr else "texture")
         return memory.estimate(self.manifest, width=req.width, height=req.height,
                                batch=req.count * (2 if self._uses_cfg(req) else 1), output_pixels=out_w * out_h,
-                               output_kind=kind)
+                               output_kind=kind, controlnets=tuple(c.name for c in req.controls))
 
     def _check_memory(self, req: GenerateRequest) -> None:
         """Refuse, before anything runs, a request this machine cannot hold: with the estimate, the model's
@@ -249,9 +297,14 @@ class Pipeline:
     # --- the loop ------------------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest, callback: ProgressCallback | None = None,
-                 latents: np.ndarray | None = None) -> GenerationResult:
+                 noise: Noise | None = None) -> GenerationResult:
         """Image i of a call with seed s is the image seed s + i gives alone (batches, retries and
-        resumes reproduce). ``latents`` (unit normal, (count, C, h, w)) replaces the seeded ones, for tests."""
+        resumes reproduce). ``noise`` replaces the seeded draws (tests: the random numbers diffusers drew).
+
+        One loop for every kind of request: text to image starts from noise at the first timestep; an init
+        starts at the first timestep ``strength`` keeps, from the init's latents noised there; the per-condition
+        pieces (``conditioning.StepCondition``: inpainting now, ControlNet units next) add UNet inputs before
+        each step and adjust the latents after it."""
         t0 = time.perf_counter()
         req = self.resolve(request)
         m = self.manifest
@@ -262,34 +315,50 @@ class Pipeline:
         seeds = [req.seed + i for i in range(count)]
         rngs = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
         shape = (m["latent_channels"], h, w)
-        if latents is None:
-            latents = np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
-        elif latents.shape != (count, *shape):
-            raise InvalidRequest(f"latents must have shape {(count, *shape)}, got {latents.shape}", "latents")
-        latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
+        if noise is None:
+            noise = Noise.seeded(rngs, shape, image=req.init is not None)
+        noise.check((count, *shape))
 
         notes: list[str] = []
         cond = self._conditioning(req, notes)
+        start, pieces, image = 0, [], None
+        if req.init is None:
+            latents = noise.latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
+        else:
+            start = first_step(req.steps, req.strength) * scheduler.order
+            image = self._image_inputs(req, notes)
+            latents, pieces = self._image_start(req, image, scheduler, start, noise, notes)
         t_encoded = time.perf_counter()
 
         cfg = cond.pop("cfg")
         batch = count * (2 if cfg else 1)
         constants = {k: np.repeat(v, count, axis=0) for k, v in cond.items()}
-        unet = self._unet_runner(m["unet"]["graphs"][req.tile], constants, (batch, *shape))
-        for i, t in enumerate(scheduler.timesteps):
+        unet = self._unet_runner(m["unet"]["graphs"][req.tile], constants,
+                                 (batch, self._unet_in_channels(), h, w))
+        total = len(scheduler.timesteps) - start
+        pieces = self._control_pieces(req, constants, cfg, start, total, notes) + pieces
+        control_unet = (self._runner(m["unet"]["control"]["graphs"][req.tile], constants) if req.controls
+                        else None)
+        for k, i in enumerate(range(start, len(scheduler.timesteps))):
+            t = scheduler.timesteps[i]
             model_in = np.concatenate([latents, latents]) if cfg else latents
             model_in = scheduler.scale_model_input(model_in, i)
             feeds = {"sample": model_in.astype(np.float32), "timestep": np.full(batch, t, dtype=np.float32)}
-            noise_pred = unet(feeds)[0]
+            for piece in pieces:
+                feeds = piece.unet_feeds(i, feeds)
+            # the residual-input variant when a ControlNet unit is on for this step, else the plain UNet
+            noise_pred = (control_unet if "mid_residual" in feeds else unet)(feeds)[0]
             if cfg:
                 uncond, text = noise_pred[:count], noise_pred[count:]
                 noise_pred = uncond + np.float32(req.guidance) * (text - uncond)
-            noise = (np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
-                     if scheduler.stochastic else None)
-            latents = scheduler.step(noise_pred, i, latents, noise=noise)
-            if callback is not None and callback(ProgressEvent(i + 1, req.steps, time.perf_counter() - t0,
+            step_noise = (np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
+                          if scheduler.stochastic else None)
+            latents = scheduler.step(noise_pred, i, latents, noise=step_noise)
+            for piece in pieces:
+                latents = piece.after_step(i, latents)
+            if callback is not None and callback(ProgressEvent(k + 1, total, time.perf_counter() - t0,
                                                                latents)) is False:
-                raise Cancelled(f"cancelled after step {i + 1} of {req.steps}")
+                raise Cancelled(f"cancelled after step {k + 1} of {total}")
         t_denoised = time.perf_counter()
 
         decoder = m["vae_decoder"]["graphs"][req.tile]
@@ -298,13 +367,97 @@ class Pipeline:
         for i in range(count):  # one at a time: bounded memory at large sizes, and batch-independent
             last = i == count - 1  # then the arena goes back to the system: an idle sidecar holds no peak
             decoded = self._run(decoder, {"latent": scaled[i:i + 1]}, self._shrink if last else None)[0][0]
-            images.append(np.clip(decoded.transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0).astype(np.float32))
+            out = np.clip(decoded.transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0).astype(np.float32)
+            if image is not None and image.mask is not None and req.keep_unmasked:
+                out = image.paste_back(out)
+            images.append(out)
         t_done = time.perf_counter()
         timings = {"encode": (t_encoded - t0) * 1e3, "denoise": (t_denoised - t_encoded) * 1e3,
                    "decode": (t_done - t_denoised) * 1e3, "total": (t_done - t0) * 1e3,
-                   "per_step": (t_denoised - t_encoded) * 1e3 / req.steps}
+                   "per_step": (t_denoised - t_encoded) * 1e3 / max(1, total)}
         return GenerationResult(images, seeds, req, m["model_id"], m["package_hash"], self.provider, timings,
                                 notes, loras=list(m.get("loras") or []), embeddings=list(m.get("embeddings") or []))
+
+    # --- image conditioning (docs/conditioning.md) ---------------------------------------------------
+
+    def _control_pieces(self, req: GenerateRequest, constants: dict[str, np.ndarray], cfg: bool, start: int,
+                        total: int, notes: list[str]) -> list:
+        """The ControlNet units (each controlnet's graph, prepared with the text conditions it takes) and the
+        depth channel of SD 2 depth models, as loop pieces (aigc_bridge/engine/controls.py)."""
+        m = self.manifest
+        pieces: list = []
+        if req.controls:
+            units = []
+            for index, control in enumerate(req.controls):
+                entry = m["controlnets"][control.name]
+                graph = entry["graphs"][req.tile]
+                takes = {i.name for i in self._session(graph).get_inputs()}
+                runner = self._runner(graph, {k: v for k, v in constants.items() if k in takes})
+                image = controls.control_image(req, index, int(entry.get("conditioning_channels", 3)), req.count,
+                                               cfg)
+                units.append(controls.ControlUnit(control.name, runner, image, control.scale, control.start,
+                                                  control.end, m["latent_channels"]))
+            names = [r["name"] for r in m["unet"]["control"]["residuals"]]
+            pieces.append(controls.ControlUnits(units, names, start, total))
+        if req.depth is not None:
+            depth, note = controls.depth_map(req, m["vae_scale_factor"])
+            if note:
+                notes.append(note)
+            pieces.append(controls.DepthChannel(depth))
+        return pieces
+
+    def _image_inputs(self, req: GenerateRequest, notes: list[str]) -> ImageInputs:
+        """The init (and mask) decoded and fitted to the generation size; what the resize did goes to notes."""
+        pixels, note = inputs.fit_to(inputs.decode(req.init, "init"), req.width, req.height, req.tile)
+        if note:
+            notes.append(f"init {note}")
+        mask = None
+        if req.mask is not None:
+            mask, _ = inputs.fit_to(inputs.decode(req.mask, "mask", grey=True), req.width, req.height, req.tile)
+            mask = inputs.blur_mask(mask, req.mask_blur)
+        return ImageInputs(pixels, mask)
+
+    def _encode_image(self, pixels: np.ndarray, tile: str, eps: np.ndarray | None, notes: list[str]) -> np.ndarray:
+        """[0, 1] pixels -> the denoiser's latents for each draw of ``eps`` (count, C, h, w); ``eps`` None: the
+        posterior mean, once. With a tile mode the encoder's circular variant sees the image as periodic."""
+        graphs = self.manifest["vae_encoder"]["graphs"]
+        graph = graphs.get(tile)
+        if graph is None:
+            graph = graphs["none"]
+            note = (f"this package has no tile_{tile} VAE encoder: the init was encoded without wrapping "
+                    "(re-export, or add_encoder_tiles, for a periodic encode)")
+            if note not in notes:
+                notes.append(note)
+        image = (np.float32(2.0) * pixels - np.float32(1.0)).transpose(2, 0, 1)[None].astype(np.float32)
+        parameters = self._run(graph, {"image": np.ascontiguousarray(image)})[0]
+        return self._latent_space.from_vae(sample_posterior(np.repeat(parameters, 1 if eps is None else len(eps),
+                                                                      axis=0), eps))
+
+    def _image_start(self, req: GenerateRequest, image: ImageInputs, scheduler, start: int, noise: Noise,
+                     notes: list[str]) -> tuple[np.ndarray, list[StepCondition]]:
+        """The starting latents of an image-conditioned call and the loop pieces it needs, as diffusers'
+        img2img and inpainting pipelines compute them (same order of operations, float32)."""
+        factor = self.manifest["vae_scale_factor"]
+        pieces: list[StepCondition] = []
+        full_strength = image.mask is not None and req.strength == 1.0
+        nine = self._unet_in_channels() == 9
+        init_latents = None
+        if not (full_strength and nine):
+            init_latents = self._encode_image(image.pixels, req.tile, noise.init, notes)
+        if full_strength:  # inpainting from pure noise, as diffusers does at strength 1
+            latents = noise.latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
+        else:
+            latents = scheduler.add_noise(init_latents, noise.latents, start)
+        if image.mask is not None:
+            latent_mask = image.mask[::factor, ::factor][None, None]  # nearest, as diffusers' interpolate
+            if nine:
+                binary = (image.mask >= 0.5).astype(np.float32)
+                masked = np.where(binary[..., None] > 0, np.float32(0.5), image.pixels)  # 0 in [-1, 1]
+                masked_latents = self._encode_image(masked, req.tile, noise.masked, notes)
+                pieces.append(InpaintChannels((latent_mask >= 0.5).astype(np.float32), masked_latents))
+            else:
+                pieces.append(InpaintBlend(scheduler, latent_mask, init_latents, noise.latents))
+        return latents, pieces
 
     def _conditioning(self, req: GenerateRequest, notes: list[str]) -> dict:
         """UNet inputs that do not change across steps, for one image; ``cfg`` says whether the batch

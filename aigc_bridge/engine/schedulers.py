@@ -220,6 +220,13 @@ class Scheduler:
         """Return the less noisy sample for step ``step_index``; computed in float32 whatever the inputs."""
         raise NotImplementedError
 
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        """``sample`` noised to the level of timestep ``step_index`` (diffusers' ``add_noise`` at that step):
+        image to image starts there, and inpainting with a 4-channel UNet blends the known region back at it."""
+        t = int(self.timesteps[self._check_index(step_index)])
+        alpha = self.alphas_cumprod[t]
+        return np.sqrt(alpha) * _as_f32(sample) + np.sqrt(_ONE - alpha) * _as_f32(noise)
+
     def _check_index(self, step_index: int) -> int:
         if not 0 <= step_index < len(self.timesteps):
             raise ValueError(
@@ -268,6 +275,10 @@ class _SigmaScheduler(Scheduler):
         """The UNet was trained on unit-variance inputs; x = x0 + sigma * eps has variance sigma^2 + 1."""
         sigma = self.sigmas[self._check_index(step_index)]
         return _as_f32(sample) / np.sqrt(sigma * sigma + _ONE)
+
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        """x + sigma * eps: the k-diffusion form (no rescaling; scale_model_input does that)."""
+        return _as_f32(sample) + _as_f32(noise) * self.sigmas[self._check_index(step_index)]
 
     def _denoised(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
         pred = self.cfg["prediction_type"]
@@ -650,6 +661,12 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.sigmas = _as_f32(np.concatenate([sigmas, [last]]))
         self.num_inference_steps = n
         self._prev = None
+
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        """alpha_t x + sigma_t eps at the step's sigma, as diffusers' multistep ``add_noise``."""
+        sigma = self.sigmas[self._check_index(step_index)]
+        alpha_t = _ONE / np.sqrt(sigma * sigma + _ONE)
+        return alpha_t * _as_f32(sample) + (sigma * alpha_t) * _as_f32(noise)
 
     @staticmethod
     def _alpha_sigma_lambda(sigma: np.float32) -> tuple[np.float32, np.float32, np.float32]:
