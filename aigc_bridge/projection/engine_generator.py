@@ -40,8 +40,7 @@ def depth_controlnet(manifest: dict) -> str | None:
 
 def takes_depth(manifest: dict) -> bool:
     """The UNet itself takes a depth map (the SD 2 depth model)."""
-    unet = manifest.get("unet") or {}
-    return bool(unet.get("depth") or unet.get("depth_conditioning") or manifest.get("depth"))
+    return (manifest.get("unet") or {}).get("conditioning") == "depth"
 
 
 def conditioning_mode(manifest: dict) -> str:
