@@ -127,7 +127,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(gen)
     _add_control_options(gen)
     _add_upscaler_options(gen)
+    images = gen.add_argument_group("image conditioning (docs/conditioning.md)")
+    images.add_argument("--init", type=Path, metavar="IMAGE", help="start from this image (image to image); "
+                        "resized to the generation size by cover-and-centre-crop, which defaults to its aspect at "
+                        "the model's native area")
+    images.add_argument("--strength", type=float, help="0 < S <= 1: how much of the schedule runs on the init "
+                        "(default 0.8, or 1 with --mask)")
+    images.add_argument("--mask", type=Path, metavar="MASK", help="inpainting: repaint where the mask is white "
+                        "(grey = partly), the init's size")
+    images.add_argument("--mask-blur", type=int, default=0, metavar="PX", help="feather the mask (Gaussian, px)")
+    images.add_argument("--keep-unmasked", action=argparse.BooleanOptionalAction, default=True,
+                        help="paste the init's own pixels back outside the mask, exactly (default); "
+                        "--no-keep-unmasked keeps the whole decoded image (the VAE round trip changes them)")
     gen.set_defaults(run=_generate)
+
+    sm = sub.add_parser("seamless", help="make an image tile by repainting a band around its seams",
+                        description="Make IMAGE seamless: roll it by half, inpaint a band around the seams with "
+                        "the model in tile mode, roll back. Pixels outside the band are the input's, exactly.")
+    sm.add_argument("image", type=Path, help="PNG, JPEG or WebP")
+    sm.add_argument("-o", "--output", required=True, type=Path, help="output PNG")
+    sm.add_argument("--prompt", default="", help="what the band should look like (e.g. the material)")
+    sm.add_argument("--negative", default="", help="negative prompt")
+    sm.add_argument("--model", type=Path, help="model package folder (default: the shipped texture-mini)")
+    sm.add_argument("--tile", choices=("both", "x"), default="both", help="wrap both axes, or x only (panorama)")
+    sm.add_argument("--band", type=float, default=0.25, help="band width as a fraction of the side (default "
+                    "%(default)s); the outer half of each side of it is feathered")
+    sm.add_argument("--strength", type=float, default=1.0, help="how much of the schedule runs in the band")
+    sm.add_argument("--seed", type=int, help="seed (default: random, printed)")
+    sm.add_argument("--steps", type=int, help="denoising steps (default: the model's recommendation)")
+    sm.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    sm.add_argument("--provider", default="auto", help="auto, cuda, dml, coreml or cpu")
+    _add_memory_option(sm)
+    sm.set_defaults(run=_seamless)
 
     up = sub.add_parser("upscale", help="upscale an image (tileable stays tileable), optionally with PBR maps",
                         description="Upscale IMAGE with a super-resolution model package. The tiling comes from "
@@ -275,10 +306,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _request_from_args(args: argparse.Namespace):
+    from .input_image import InputImage
     from .request import GenerateRequest
 
-    return GenerateRequest(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
-                           height=args.height, steps=args.steps, guidance=args.guidance, seed=args.seed,
+    images = {name: InputImage.from_path(getattr(args, name), name) for name in ("init", "mask")
+              if getattr(args, name, None) is not None}
+    return GenerateRequest(**images, strength=args.strength, mask_blur=args.mask_blur,
+                           keep_unmasked=args.keep_unmasked, prompt=args.prompt, negative_prompt=args.negative,
+                           width=args.width, height=args.height, steps=args.steps, guidance=args.guidance,
+                           seed=args.seed,
                            scheduler=args.scheduler, tile=args.tile, count=args.count, kind=args.kind,
                            format="exr" if args.output.suffix.lower() == ".exr" else "png", pbr=args.pbr,
                            target_size=args.target_size, normal_convention=args.normal_convention,
@@ -325,7 +361,7 @@ def _generate(args: argparse.Namespace) -> int:
     if upscale is None and wants_own_upscaler(pipeline.manifest, resolved):
         upscale = pipeline.package.root  # the model's own upscaler, with this command's memory options
     upscaler = _upscaler(args, None if upscale is None or str(upscale) == "none" else upscale)
-    bar = ProgressBar(resolved.steps, "denoising")
+    bar = ProgressBar(pipeline.denoising_steps(resolved), "denoising")
     interrupted: list[bool] = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
@@ -620,6 +656,53 @@ def _upscale(args: argparse.Namespace) -> int:
                           bit_depth=args.bit_depth, upscaler=upscaler)
     _report(files[0].path, [(f.path, f.role, f.colour_space) for f in files], None,
             f"{files[0].width}x{files[0].height}  {upscaler.name} x{upscaler.scale}  tile {tile} ({origin})")
+    return 0
+
+
+def _seamless(args: argparse.Namespace) -> int:
+    from .assets.outputs import write_outputs
+    from .assets.readers import read_image
+    from .assets.seams import seam_ratio
+    from .engine import Pipeline
+    from .input_image import InputImage
+    from .models import default_model_dir
+    from .progress import ProgressBar
+    from .seamless import make_seamless
+
+    InputImage.from_path(args.image, "image")  # the header's limits, before anything decodes it
+    if args.output.suffix.lower() != ".png":
+        raise AigcError("invalid_request", f"output must be a .png file, got {args.output.name}", "output")
+    image = read_image(args.image)
+    model = args.model or default_model_dir()
+    if model is None:
+        raise AigcError("no_model", NO_MODEL_HELP, "model")
+    pipeline = Pipeline.load(model, provider=args.provider, memory_limit=_memory_limit(args))
+    bar = ProgressBar(1, "denoising")
+
+    def progress(event) -> None:
+        bar.total = event.total
+        bar.update(event.step)
+
+    try:
+        result = make_seamless(pipeline, image, prompt=args.prompt, negative_prompt=args.negative, band=args.band,
+                               tile=args.tile, strength=args.strength, seed=args.seed, steps=args.steps,
+                               guidance=args.guidance, callback=progress)
+    finally:
+        bar.close()
+    for message in result.notes:
+        print(f"aigc-bridge: {message}", file=sys.stderr)
+    generation = result.generation
+    metadata = {**generation.metadata(0), "seamless": {"source_image": args.image.name, "band": args.band,
+                                                       "tile": args.tile}}
+    for name in ("init", "mask"):
+        metadata.pop(name, None)
+    files = write_outputs(result.image, metadata, args.output, kind="texture", pbr=False)
+    axes = (0, 1) if args.tile == "both" else (1,)
+    before = ", ".join(f"{seam_ratio(image, a):.2f}" for a in axes)
+    after = ", ".join(f"{seam_ratio(result.image, a):.2f}" for a in axes)
+    _report(files[0].path, [(f.path, f.role, f.colour_space) for f in files], generation.seeds[0],
+            f"{files[0].width}x{files[0].height}  seam ratio {before} -> {after}  "
+            f"{(result.band == 0).mean():.0%} of pixels unchanged  {generation.timings_ms['total']:.0f} ms")
     return 0
 
 

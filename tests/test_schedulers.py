@@ -296,3 +296,20 @@ def test_runtime_module_has_no_torch() -> None:
 def test_unsupported_config_is_a_package_error(name: str) -> None:
     with pytest.raises(ModelPackageError):
         make_scheduler(name, {"beta_schedule": "sigmoid"})
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("config", ["sd15", "turbo", "v_pred"])
+def test_add_noise_matches_diffusers(name: str, config: str) -> None:
+    """Image to image starts from add_noise at the first kept step; 4-channel inpainting blends at the next."""
+    ours, theirs = make_scheduler(name, CONFIGS[config]), diffusers_scheduler(name, CONFIGS[config])
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    sample, noise = _randn(1), _randn(2)
+    for index in (0, 3, len(ours.timesteps) - 1):
+        if hasattr(theirs, "set_begin_index"):  # as get_timesteps does; the index then names the step
+            theirs.set_begin_index(index)
+            theirs._step_index = None
+        expected = theirs.add_noise(sample, noise, theirs.timesteps[index:index + 1]).numpy()
+        got = ours.add_noise(sample.numpy(), noise.numpy(), index)
+        assert np.max(np.abs(got - expected)) <= 1e-5 * max(1.0, float(np.max(np.abs(expected)))), (name, index)

@@ -38,7 +38,7 @@ class Unit:
     @classmethod
     def from_dict(cls, data: dict) -> Unit:
         return cls(data["job"], data["job_index"], data["image"], data["stem"],
-                   GenerateRequest(**data["request"]), data["exr"], data["key"])
+                   GenerateRequest.from_dict(data["request"])[0], data["exr"], data["key"])
 
     def provenance(self) -> dict:
         """What the provenance JSON says about the batch that made this file."""

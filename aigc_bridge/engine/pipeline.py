@@ -257,6 +257,13 @@ class Pipeline:
     def _unet_in_channels(self) -> int:
         return int(self.manifest["unet"].get("in_channels") or self.manifest["latent_channels"])
 
+    def denoising_steps(self, req: GenerateRequest) -> int:
+        """UNet steps a resolved request runs (its progress total): the steps strength keeps, PNDM's extra one."""
+        scheduler = make_scheduler(req.scheduler, self.manifest["scheduler"]["config"])
+        scheduler.set_timesteps(req.steps)
+        start = first_step(req.steps, req.strength) * scheduler.order if req.init is not None else 0
+        return len(scheduler.timesteps) - start
+
     def _uses_cfg(self, req: GenerateRequest) -> bool:
         """Classifier-free guidance: the UNet sees [unconditional, conditional], twice the batch."""
         return req.guidance > 1.0 and not self.manifest["unet"].get("timestep_cond_dim", 0)
