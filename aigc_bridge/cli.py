@@ -416,11 +416,11 @@ def _connect(args: argparse.Namespace):
 def _generate_remote(args: argparse.Namespace, request) -> int:
     """The same command, run by a sidecar through the client: nothing heavy is loaded here."""
     from .assets.writers import write_all_atomic
+    from .client import request_fields
     from .errors import Cancelled
     from .progress import ProgressBar
 
-    defaults = type(request)(prompt=request.prompt).to_dict()
-    fields = {k: v for k, v in request.to_dict().items() if k != "prompt" and v != defaults[k]}
+    fields = request_fields(request)  # input images travel as they are (protocol 1.2 frames)
     bars: list[ProgressBar] = []
 
     def on_progress(event) -> None:

@@ -4,9 +4,12 @@ The same request (tiny SD-like model, 64 x 64, 4 Euler steps, CFG 7.5, fixed see
 call between the Pipeline loaded in this process and `aigc-bridge serve` (a subprocess, signed frames,
 driven by aigc_bridge.client), each side with the same onnxruntime thread count, so drift on a shared
 machine hits both alike. The sidecar's time includes everything a client waits for: queueing, progress
-events, PNG encoding, HMAC signing and transfer. Target: at most 1.05x.
+events, PNG encoding, HMAC signing and transfer. Target: at most 1.05x. With ``--init-size N`` both sides run
+image to image (strength 0.75) with an N x N photo-like PNG init and a mask of its size, so the sidecar's time
+also holds sending the two images as frames (protocol 1.2: header checks, sha256, transfer).
 
     python benchmarks/bench_sidecar.py [--calls 30] [--steps 4] [--size 64] [--threads 2] [--model DIR]
+                                       [--init-size 1024]
 """
 
 from __future__ import annotations
@@ -40,6 +43,25 @@ def _start_sidecar(model: Path, threads: int, conn: Path) -> subprocess.Popen:
     return proc
 
 
+def _images(size: int) -> dict:
+    """An init with photo-like detail (so the PNG is as large as a real one) and a square mask, or nothing."""
+    if not size:
+        return {}
+    import numpy as np
+
+    from aigc_bridge.assets.writers import png_bytes
+    from aigc_bridge.input_image import InputImage
+
+    rng = np.random.default_rng(0)
+    pixels = np.clip(np.kron(rng.random((size // 8, size // 8, 3)), np.ones((8, 8, 1)))
+                     + rng.normal(0, 0.05, (size, size, 3)), 0, 1).astype(np.float32)
+    mask = np.zeros((size, size, 3), np.float32)
+    mask[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1.0
+    init = InputImage.from_bytes(png_bytes(pixels), "init")
+    print(f"init {size}x{size} PNG: {len(init.data) / 2**20:.2f} MiB; mask {len(png_bytes(mask)) / 1024:.1f} KiB")
+    return {"init": init, "mask": InputImage.from_bytes(png_bytes(mask), "mask"), "strength": 0.75}
+
+
 def _rate(call, seconds: float) -> float:
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -56,6 +78,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", type=Path, help="a model package (default: build the tiny test model)")
+    parser.add_argument("--init-size", type=int, default=0, help="image to image with an init (and a mask) of this "
+                        "many pixels a side (0: text to image)")
     ns = parser.parse_args()
 
     from aigc_bridge.assets.writers import png_bytes
@@ -70,7 +94,7 @@ def main() -> None:
         try:
             pipeline = Pipeline.load(model, provider="cpu", threads=ns.threads)
             request = dict(prompt="red brick wall", steps=ns.steps, guidance=7.5, seed=0, width=ns.size,
-                           height=ns.size, scheduler="euler")
+                           height=ns.size, scheduler="euler", **_images(ns.init_size))
             local = GenerateRequest(**request)
             inproc, inproc_png, sidecar = [], [], []
             with Client.from_connection_file(conn, timeout=30) as client:
@@ -80,7 +104,7 @@ def main() -> None:
                     t1 = time.perf_counter()
                     png_bytes(result.images[0])
                     t2 = time.perf_counter()
-                    response = client.generate(**request)
+                    response = client.generate_request(local)
                     t3 = time.perf_counter()
                     if i >= ns.warmup:
                         inproc.append(t1 - t0)

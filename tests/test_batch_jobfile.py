@@ -26,7 +26,8 @@ def problems_of(text: str) -> list:
 def test_the_documented_example_loads():
     job_file = load_job_file(EXAMPLE)
     jobs = {j.name: j for j in job_file.jobs}
-    assert list(jobs) == ["brick_wall", "planks_oak", "planks_pine", "quay_stone", "crate", "harbour_sky"]
+    assert list(jobs) == ["brick_wall", "planks_oak", "planks_pine", "quay_stone", "crate", "brick_wall_blue",
+                          "brick_wall_patched", "harbour_sky"]
     assert jobs["brick_wall"].stems == ("brick_wall-1", "brick_wall-2")
     assert [r.seed for r in jobs["brick_wall"].requests] == [11, 12]
     assert jobs["brick_wall"].targets.object == "Wall" and jobs["quay_stone"].targets.material == "Stone"

@@ -55,6 +55,8 @@ def resolution_problems(resolve: Callable[[GenerateRequest], GenerateRequest], j
     job_key = {f: k for k, f in REQUEST_KEYS.items()}
     problems = []
     for job in jobs:
+        if job.input_error is not None:  # fails when the batch runs, with what was wrong with the image
+            continue
         for request in {dataclasses.replace(r, seed=0) for r in job.requests}:
             try:
                 resolved = resolve(request)
@@ -161,9 +163,10 @@ class SidecarBackend:
         raise AigcError("busy", f"the sidecar stayed busy through {BUSY_RETRIES} tries")
 
     def _generate_once(self, group: list[Unit], stop: StopFlag, on_steps: StepSink) -> list[Rendered]:
+        from ..client import request_fields
+
         request = group_request(group)
-        defaults = GenerateRequest(prompt=request.prompt).to_dict()
-        fields = {k: v for k, v in request.to_dict().items() if k != "prompt" and v != defaults[k]}
+        fields = request_fields(request)  # input images as they are: the client sends them as frames
         done = [0]
 
         def progress(event) -> bool:

@@ -13,8 +13,9 @@ import difflib
 import hashlib
 from pathlib import Path
 
-from ..errors import InvalidRequest
-from ..request import KINDS, MAX_SEED, MAX_SIDE, GenerateRequest, is_power_of_two
+from ..errors import AigcError, InvalidRequest
+from ..input_image import InputImage
+from ..request import KINDS, MAX_SEED, MAX_SIDE, ControlInput, GenerateRequest, is_power_of_two
 from .locations import LineIndex
 from .names import name_problem
 from .spec import Job, JobFile, JobFileError, Problem, Targets
@@ -32,11 +33,15 @@ TOP_KEYS = ("version", "defaults", "blend", *JOB_TABLES, "project")
 REQUEST_KEYS = {"negative": "negative_prompt", "width": "width", "height": "height", "steps": "steps",
                 "guidance": "guidance", "scheduler": "scheduler", "tile": "tile", "count": "count",
                 "pbr": "pbr", "target_size": "target_size", "normal_convention": "normal_convention",
-                "bit_depth": "bit_depth"}
+                "bit_depth": "bit_depth", "strength": "strength", "mask_blur": "mask_blur"}
+IMAGE_KEYS = ("init", "mask", "depth")  # + control: image paths, relative to the job file
+CONTROL_KEYS = ("name", "image", "scale", "start", "end")
 JOB_KEYS = ("name", "kind", "prompt", "template", "variables", "style", "size", "seed", "seeds", "exr",
-            "object", "material", "world", *REQUEST_KEYS)
+            "object", "material", "world", *REQUEST_KEYS, *IMAGE_KEYS, "control")
 NOT_DEFAULTS = ("name", "object", "material", "world")
 BLEND_KEYS = ("file",)
+# Stands in for an input image while its file is only checked (and for one that cannot be read: that job fails).
+_PLACEHOLDER = InputImage(None, "image/png", 8, 8, "0" * 64)
 # Files the batch writes into --out itself: no output set may take these names.
 RESERVED_FILES = ("batch-manifest.json", "batch-blend-plan.json", ".batch.lock")
 
@@ -274,6 +279,7 @@ class _Checker:
         fields = {field: values[key] for key, field in REQUEST_KEYS.items() if key in values}
         fields.update(width=width, height=height)
         self._request_fields(kind, fields, values, bad)
+        images, input_error = self._images(values, bad)
 
         contexts: list[tuple[str | None, dict]] = [(None, {})] if lacking else []
         for combo in expand(variables) if not lacking else []:
@@ -288,8 +294,8 @@ class _Checker:
             return []
         jobs = []
         for job_name, context in contexts:
-            job = self._build(label, t, job_name, kind, values, fields, context, seeds, targets,
-                              start + len(jobs), bad)
+            job = self._build(label, t, job_name, kind, values, {**fields, **images}, context, seeds, targets,
+                              start + len(jobs), bad, input_error)
             if job is not None:
                 jobs.append(job)
         return jobs
@@ -312,7 +318,7 @@ class _Checker:
         return job_name
 
     def _build(self, label, table, job_name, kind, values, fields, context, seeds, targets, index,
-               bad) -> Job | None:
+               bad, input_error: AigcError | None = None) -> Job | None:
         if "prompt" in values:
             prompt = values["prompt"]
         elif "template" in values:
@@ -339,7 +345,7 @@ class _Checker:
                     return None
         stems = (job_name,) if len(requests) == 1 else tuple(f"{job_name}-{k + 1}" for k in range(len(requests)))
         line = self.lines.line(table)
-        return Job(index, job_name, kind, label, line, tuple(requests), stems, exr, targets)
+        return Job(index, job_name, kind, label, line, tuple(requests), stems, exr, targets, input_error)
 
     def _composed(self, kind, values, targets, context, bad) -> str | None:
         """A texture job naming only its object/material: the Blender add-on's composer writes the prompt."""
@@ -353,6 +359,57 @@ class _Checker:
         return compose_object_prompt({"style": values.get("style", "")}, obj)
 
     # --- pieces ------------------------------------------------------------------------------------------
+
+    def _images(self, values: dict, bad) -> tuple[dict, AigcError | None]:
+        """init, mask, depth and control images, read now: their content is part of each unit's key. A path
+        that is not text is a problem of the file; a file that cannot be read (missing, not an image, over the
+        limits) fails this job alone when the batch runs (``Job.input_error``)."""
+        out: dict = {}
+        errors: list[AigcError] = []
+
+        def load(text: object, field: str, key: str) -> InputImage | None:
+            if not isinstance(text, str) or not text:
+                bad(key, f"must be the path of an image file (relative to the job file), got {_type_name(text)}")
+                return None
+            path = Path(text).expanduser()
+            if not path.is_absolute() and self.path is not None:
+                path = self.path.resolve().parent / path
+            try:
+                return InputImage.from_path(path, field)
+            except InvalidRequest as exc:
+                errors.append(exc)
+                return _PLACEHOLDER
+
+        for key in IMAGE_KEYS:
+            if key in values and (image := load(values[key], key, key)) is not None:
+                out[key] = image
+        if "control" in values:
+            raw = values["control"]
+            controls = []
+            for i, item in enumerate(raw if isinstance(raw, list) else [raw]):
+                key = f"control[{i}]" if isinstance(raw, list) else "control"
+                if not isinstance(item, dict):
+                    bad(key, 'must be a table, e.g. { name = "depth", image = "depth.png", scale = 0.8 }')
+                    continue
+                extra = sorted(set(item) - set(CONTROL_KEYS))
+                if extra:
+                    bad(key, f"unknown key {', '.join(extra)} (a control has {', '.join(CONTROL_KEYS)})")
+                    continue
+                if "image" not in item:
+                    bad(f"{key}.image", "is required: the path of the control image")
+                    continue
+                image = load(item["image"], f"controls[{len(controls)}].image", f"{key}.image")
+                if image is None:
+                    continue
+                try:
+                    controls.append(ControlInput(item.get("name"), image,
+                                                 **{k: item[k] for k in ("scale", "start", "end") if k in item}))
+                except InvalidRequest as exc:
+                    where = (exc.field or "").partition(".")[2]
+                    bad(f"{key}.{where}" if where else key, exc.message)
+            if controls:
+                out["controls"] = tuple(controls)
+        return out, (errors[0] if errors else None)
 
     def _variables(self, raw: object, bad) -> dict[str, str | list[str]]:
         if not isinstance(raw, dict):
@@ -430,11 +487,12 @@ class _Checker:
             bad(key, message)
 
         checks = {f: v for f, v in fields.items() if v is not None}
+        images = {k: _PLACEHOLDER for k in ("init", "mask", "depth") if k in values}
         good = {}
         for field, value in checks.items():
             try:
                 GenerateRequest(prompt="x", kind=kind if field in ("pbr", "width", "height") else "texture",
-                                **{field: value})
+                                **({"init": _PLACEHOLDER} if field == "strength" else {}), **{field: value})
                 good[field] = value
             except InvalidRequest as exc:
                 report(exc, job_key.get(field, field))
@@ -446,7 +504,7 @@ class _Checker:
                 report(exc, "seeds" if "seeds" in values else "seed")
                 break
         try:  # the rules across fields (a backdrop is 2:1, has no PBR maps), on the fields that passed alone
-            GenerateRequest(prompt="x", kind=kind, **good)
+            GenerateRequest(prompt="x", kind=kind, **good, **images)
         except InvalidRequest as exc:
             report(exc, job_key.get(exc.field, exc.field))
         problem = engine_size_problem(kind, good.get("width"), good.get("height"), good.get("target_size"))

@@ -114,7 +114,7 @@ class RayBackend:
         units = [u for group in unit_groups for u in group]
         if not units:
             return
-        dataset = self._ray.data.from_items([{"unit": json.dumps(u.to_dict())} for u in units])
+        dataset = self._ray.data.from_items([{"unit": json.dumps(u.to_dict(images=True))} for u in units])
         pool = self._ray.data.ActorPoolStrategy(size=self.workers)  # a fixed pool: one model per actor
         results = dataset.map_batches(RayRenderer, fn_constructor_kwargs=self._constructor,
                                       batch_size=self.batch_size, compute=pool, **self._resources)

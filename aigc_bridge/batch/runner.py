@@ -125,7 +125,7 @@ def run_batch(job_file: JobFile, backend, options: BatchOptions) -> BatchSummary
 def _generate(backend, manifest: Manifest, pending: list[Unit], options: BatchOptions, bar: ProgressBar,
               summary: BatchSummary) -> bool:
     """Make ``pending``; returns True when the user stopped the run."""
-    steps = {u.key: backend.steps(u) for u in pending}
+    steps = {u.key: backend.steps(u) for u in pending if u.error is None}
     bar.total, bar.start = sum(steps.values()), time.monotonic()  # the ETA counts from the first step
     left = {}
     for unit in pending:
@@ -146,6 +146,12 @@ def _generate(backend, manifest: Manifest, pending: list[Unit], options: BatchOp
         progress["jobs"] += left[unit.job] == 0
 
     interrupted = False
+    for unit in [u for u in pending if u.error is not None]:  # an input image it cannot read: fails alone
+        manifest.fail(unit, unit.error)
+        finished(unit)
+        bar.log(f"FAILED {unit.stem} (job {unit.job}): {unit.error.message}")
+    pending = [u for u in pending if u.error is None]
+    manifest.save()
     with _StopFlag(bar.log) as stop:
         try:
             for item in backend.run(groups(pending, options.batch_size), stop, on_steps):

@@ -68,6 +68,9 @@ class Job:
     stems: tuple[str, ...]
     exr: bool = False
     targets: Targets = field(default_factory=Targets)
+    # An input image (init, mask, control, depth) that cannot be read: this job fails with it when the batch
+    # runs, and the others still run (its requests hold a placeholder record in that image's place).
+    input_error: AigcError | None = None
 
     @property
     def where(self) -> str:

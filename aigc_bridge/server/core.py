@@ -77,11 +77,11 @@ def model_info(m: dict) -> dict:
     tiles = [t for t in TILE_MODES if t in m["unet"]["graphs"] and t in m["vae_decoder"]["graphs"]]
     controlnets = sorted(m.get("controlnets") or {})
     accepts = []
-    if m.get("vae_encoder"):
+    if (m.get("vae_encoder") or {}).get("graphs", {}).get("none"):
         accepts += ["init", "mask"]
-    if m["unet"].get("depth") or m["unet"].get("conditioning") == "depth":
-        accepts.append("depth")
-    if controlnets:
+    if m["unet"].get("conditioning") == "depth":
+        accepts.append("depth")  # the SD 2 depth model: latents + the depth map
+    if controlnets and m["unet"].get("control"):
         accepts.append("controls")
     return {"id": m["model_id"], "hash": m["package_hash"], "kinds": list(KINDS), "width": m["native_size"][1],
             "height": m["native_size"][0], "steps": m["recommended"]["steps"], "schedulers": list(SCHEDULERS),
