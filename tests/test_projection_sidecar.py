@@ -123,3 +123,18 @@ def test_bad_input_refused_before_queueing(mini, change, field, text) -> None:
     assert err.value.code == "invalid_request"
     assert text in str(err.value) and err.value.field == field, (str(err.value), err.value.field)
     assert not [line for line in mini.job_lines() if " project 'x'" in line]  # nothing was queued
+
+
+def test_overlapping_and_mirrored_uvs_are_warnings_with_what_was_done(mini) -> None:
+    box = shapes.box()
+    uvs = box.uvs.copy()
+    uvs[2:4] = uvs[0:2]                 # face 2 stacked on face 1 in the UV map
+    uvs[4:6, :, 0] = 1.0 - uvs[4:6, :, 0]  # face 3 mirrored
+    mirrored = shapes.Mesh("cube", box.positions, box.triangles, uvs)
+    request = ProjectRequest("red brick wall", (mesh_input(mirrored),), texture_size=64,
+                             views=ViewsInput(count=2, size=32, top=False))
+    with mini.client() as client:
+        response = client.project(request)
+    text = " ".join(response.warnings)
+    assert "mirrored UVs" in text and "baked as they are" in text
+    assert "overlap" in text and "the others show the same colours" in text
