@@ -171,3 +171,49 @@ def test_zero_area_faces_are_dropped_with_a_warning(shape_scene) -> None:
     info = runner.STATE.info
     assert "dropped 1 zero-area faces" in info and "had no UV map: made one with Smart UV Project" in info
     assert cube.active_material.get("aigc_generated")
+
+
+def test_cycles_render_of_meshes_textured_from_their_shape(shape_scene, tmp_path) -> None:
+    """A small Cycles (CPU) render of a bevelled crate and a sphere, each textured from its shape by the shipped
+    texture-mini (a ring of 8 views and a top view). With AIGC_UPDATE_PREVIEW=1 it is also written to
+    docs/images/texture-from-shape.png (the README's picture)."""
+    import os
+    import shutil
+
+    from .conftest import REPO
+
+    settings = bpy.context.scene.aigc
+    settings.shape_views, settings.shape_bottom, settings.shape_texture_size = 8, False, "512"
+    settings.object_template = "{subject}"
+    bpy.ops.mesh.primitive_cube_add(location=(-1.3, 0, 1))
+    crate = bpy.context.object
+    crate.modifiers.new("Bevel", "BEVEL").width = 0.08
+    crate["aigc_prompt"] = "red brick wall"
+    bpy.ops.mesh.primitive_uv_sphere_add(location=(1.3, 0, 1))
+    ball = bpy.context.object
+    ball["aigc_prompt"] = "weathered blue wooden planks"
+    bpy.ops.object.shade_smooth()
+    for obj in (crate, ball):
+        bpy.ops.object.select_all(action="DESELECT")
+        obj.select_set(True)
+        bpy.context.view_layer.objects.active = obj
+        assert bpy.ops.aigc.texture_from_shape(mode="BLOCKING") == {"FINISHED"}
+        assert obj.active_material.get("aigc_baked")
+    bpy.ops.mesh.primitive_plane_add(size=20)
+    scene = bpy.context.scene
+    bpy.ops.object.camera_add(location=(0, -8.5, 3.6), rotation=(1.22, 0, 0))
+    scene.camera = bpy.context.object
+    bpy.ops.object.light_add(type="SUN", rotation=(0.7, 0.2, 0.5))
+    bpy.context.object.data.energy = 3.0
+    scene.render.engine = "CYCLES"
+    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 16, False
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 320, 200, 100
+    scene.render.image_settings.file_format = "PNG"
+    out = tmp_path / "texture-from-shape.png"
+    scene.render.filepath = str(out)
+    bpy.ops.render.render(write_still=True)
+    image = decoded(out.read_bytes(), "RGB")
+    assert image.shape == (200, 320, 3) and image.std() > 5
+    if os.environ.get("AIGC_UPDATE_PREVIEW") == "1":
+        target = REPO / "docs" / "images" / "texture-from-shape.png"
+        shutil.copyfile(out, target)
