@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     addcn.add_argument("package", type=Path, help="the model package folder")
     addcn.add_argument("source", help="the ControlNet: a diffusers folder or hub id")
     addcn.add_argument("--name", help="its name in requests (default: from the source, e.g. depth, canny)")
+    addcn.add_argument("--base", metavar="SOURCE",
+                       help="for a package exported without controlnet inputs: the model it was exported from "
+                            "(a diffusers folder, hub id or checkpoint), to add the UNet's residual-input variant")
     addcn.set_defaults(run=_add_controlnet)
 
 
@@ -588,7 +591,7 @@ def _add_controlnet(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise AigcError("missing_dependency", f"add-controlnet needs the export extra ({exc.name} is missing): "
                         "pip install 'aigc-bridge[export]'", "export") from None
-    add_controlnet(args.package, args.source, args.name)
+    add_controlnet(args.package, args.source, args.name, base=args.base)
     return 0
 
 

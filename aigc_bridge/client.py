@@ -73,7 +73,7 @@ _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILE
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _REQUEST_FIELDS = frozenset(f.name for f in fields(GenerateRequest))
 # Request fields a server older than protocol 1.2 does not know: it would ignore them and make a plain image.
-_SINCE_1_2 = ("init", "strength", "mask", "mask_blur", "keep_unmasked", "controls", "depth")
+_SINCE_1_2 = ("init", "strength", "mask", "mask_blur", "keep_unmasked", "controls", "depth", "seamless_band")
 _DEFAULTS = {f.name: f.default for f in fields(GenerateRequest)}
 
 

@@ -98,8 +98,9 @@ class GenerateRequest:
     normal_convention: str = "opengl"
     bit_depth: int = 8
     # Image conditioning (docs/conditioning.md). ``init`` starts from an image (image to image); ``strength``
-    # (0 < S <= 1; default 0.8 with an init alone, 1.0 with a mask) is how much of the schedule runs; ``mask``
-    # (white = repaint) needs an init; ``keep_unmasked`` pastes the pixels outside the mask back exactly.
+    # (0 < S <= 1; default 0.8 with an init alone, 1.0 with a mask or seamless_band) is how much of the
+    # schedule runs; ``mask`` (white = repaint) needs an init; ``keep_unmasked`` pastes the pixels outside the
+    # mask back exactly.
     init: InputImage | None = None
     strength: float | None = None
     mask: InputImage | None = None
@@ -107,6 +108,9 @@ class GenerateRequest:
     keep_unmasked: bool = True
     controls: tuple[ControlInput, ...] = ()
     depth: InputImage | None = None  # the SD 2 depth model's depth map (near = bright)
+    # Make the init tile (aigc_bridge/seamless.py): repaint only a band this wide (a fraction of each side)
+    # around its wrap seams, in tile mode ``tile`` (both, or x); the result has the init's size.
+    seamless_band: float | None = None
 
     def __post_init__(self) -> None:
         _check_text("prompt", self.prompt)
@@ -167,6 +171,20 @@ class GenerateRequest:
             raise InvalidRequest("controls must be a list of controls", "controls")
         if len(self.controls) > MAX_CONTROLS:
             raise InvalidRequest(f"{len(self.controls)} controls; the limit is {MAX_CONTROLS}", "controls")
+        if self.seamless_band is not None:
+            _check_number("seamless_band", self.seamless_band, 0.0, 0.5)
+            if self.seamless_band <= 0.0:
+                raise InvalidRequest(f"seamless_band must be above 0 and at most 0.5 (of each side), got "
+                                     f"{self.seamless_band}", "seamless_band")
+            if self.init is None:
+                raise InvalidRequest("seamless_band makes an init image tile: give init", "seamless_band")
+            if self.mask is not None or self.controls or self.depth is not None:
+                raise InvalidRequest("seamless_band repaints its own band: leave out mask, controls and depth",
+                                     "seamless_band")
+            if self.tile == "none":
+                raise InvalidRequest("seamless_band needs tile both or x (the default is both)", "tile")
+            if self.count != 1 or self.kind != "texture":
+                raise InvalidRequest("a seamless request makes one texture: count 1, kind texture", "count")
 
     @property
     def effective_strength(self) -> float:
@@ -175,7 +193,7 @@ class GenerateRequest:
             return 1.0
         if self.strength is not None:
             return self.strength
-        return 1.0 if self.mask is not None else 0.8
+        return 1.0 if self.mask is not None or self.seamless_band is not None else 0.8
 
     def images(self) -> dict[str, InputImage]:
         """Every input image by field name (``controls[i].image`` for controls): what a codec carries."""

@@ -79,6 +79,29 @@ def make_seamless(pipeline, image: np.ndarray, prompt: str = "", band: float = 0
                           notes + result.warnings)
 
 
+def run_request(pipeline, request, callback=None):
+    """Run a generate request: one with ``seamless_band`` makes its init tile (the sidecar's and the batch's
+    way to :func:`make_seamless`), any other goes to the pipeline as it is. The result has the init's size, and
+    its effective request names the init the caller sent (not the rolled frame the model saw)."""
+    if request.seamless_band is None:
+        return pipeline.generate(request, callback=callback)
+    import dataclasses
+
+    from .engine.inputs import decode
+
+    result = make_seamless(pipeline, decode(request.init, "init"), prompt=request.prompt,
+                           negative_prompt=request.negative_prompt, band=request.seamless_band,
+                           tile=request.tile or "both", strength=request.strength or 1.0, seed=request.seed,
+                           steps=request.steps, guidance=request.guidance, callback=callback)
+    generation = result.generation
+    effective = dataclasses.replace(generation.request, init=request.init, mask=None, keep_unmasked=True,
+                                    strength=request.strength, seamless_band=request.seamless_band,
+                                    target_size=request.target_size, format=request.format,
+                                    bit_depth=request.bit_depth)
+    return dataclasses.replace(generation, images=[result.image], request=effective,
+                               warnings=list(result.notes))
+
+
 def _png(pixels: np.ndarray) -> bytes:
     import io
 

@@ -31,7 +31,7 @@ PYZMQ_VERSION = "27.3.0"  # the dev venv's pyzmq: the tests run against the same
 PYZMQ_TARGETS = [(platform, python) for python in ("3.11", "3.13")
                  for platform in ("manylinux_2_28_x86_64", "win_amd64", "macosx_11_0_arm64", "macosx_11_0_x86_64")]
 # The part of aigc_bridge the add-on imports (aigc_bridge.client and what it needs, and the composer).
-CLIENT_MODULES = ("__init__", "client", "protocol", "request", "errors", "prompts")
+CLIENT_MODULES = ("__init__", "client", "protocol", "request", "input_image", "project_request", "errors", "prompts")
 CLIENT_DIST = "aigc_bridge_client"
 
 

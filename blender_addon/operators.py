@@ -3,7 +3,7 @@ in background mode, runs it to the end); no exception leaves an operator: failur
 fix and shown in the panel."""
 
 import bpy
-from bpy.props import EnumProperty
+from bpy.props import EnumProperty, StringProperty
 
 from aigc_bridge.client import Client
 from aigc_bridge.prompts import OBJECT_TEMPLATE, WORLD_TEMPLATE
@@ -139,6 +139,43 @@ class AIGC_OT_generate_backdrop(_Generate, bpy.types.Operator):
         return [plans.backdrop_task(scene)]
 
 
+class AIGC_OT_restyle(_Generate, bpy.types.Operator):
+    """Repaint the active object's image texture from its prompt, keeping its layout (image to image)"""
+
+    bl_idname = "aigc.restyle"
+    bl_label = "Restyle Image Texture"
+    bl_options = {"REGISTER"}
+    title = "Restyle"
+    mode: _MODE
+
+    def tasks(self, context: bpy.types.Context) -> list[plans.Task] | UserMessage:
+        obj = context.object
+        if obj is None or obj.type != "MESH":
+            return message("nothing_selected", "No mesh object is active")
+        task = plans.restyle_task(context.scene, obj)
+        return task if isinstance(task, UserMessage) else [task]
+
+
+class AIGC_OT_make_tileable(_Generate, bpy.types.Operator):
+    """Make the Image Editor's image seamless: repaint a band around its edges, keep everything else"""
+
+    bl_idname = "aigc.make_tileable"
+    bl_label = "Make Tileable"
+    bl_options = {"REGISTER"}
+    title = "Make Tileable"
+    mode: _MODE
+    image: StringProperty(name="Image", default="",
+                          description="The image to make tileable (empty: the one the Image Editor shows)")
+
+    def tasks(self, context: bpy.types.Context) -> list[plans.Task] | UserMessage:
+        image = bpy.data.images.get(self.image) if self.image else getattr(context.space_data, "image", None)
+        if image is None:
+            return UserMessage("No image to make tileable.", "Open an image in the Image Editor", "no_image")
+        if image.size[0] * image.size[1] == 0 and image.packed_file is None and not image.filepath:
+            return UserMessage(f"The image {image.name} has no pixels.", "Open or generate it first", "no_image")
+        return [plans.tileable_task(context.scene, image)]
+
+
 class AIGC_OT_cancel(bpy.types.Operator):
     """Stop the running generation (the sidecar stops after the current step)"""
 
@@ -246,8 +283,8 @@ class AIGC_OT_stop_sidecar(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (AIGC_OT_texture_selected, AIGC_OT_texture_from_shape, AIGC_OT_generate_backdrop, AIGC_OT_cancel,
-           AIGC_OT_refresh_status, AIGC_OT_add_prompt, AIGC_OT_reset_templates, AIGC_OT_start_sidecar,
-           AIGC_OT_stop_sidecar)
+CLASSES = (AIGC_OT_texture_selected, AIGC_OT_texture_from_shape, AIGC_OT_generate_backdrop, AIGC_OT_restyle,
+           AIGC_OT_make_tileable, AIGC_OT_cancel, AIGC_OT_refresh_status,
+           AIGC_OT_add_prompt, AIGC_OT_reset_templates, AIGC_OT_start_sidecar, AIGC_OT_stop_sidecar)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

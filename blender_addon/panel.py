@@ -7,7 +7,7 @@ import bpy
 
 from aigc_bridge.prompts import compose_object_prompt, compose_world_prompt
 
-from . import runner, scene_data
+from . import image_edits, runner, scene_data
 from .messages import UserMessage
 
 
@@ -38,6 +38,41 @@ def _preview(layout: bpy.types.UILayout, context: bpy.types.Context, make) -> No
     _wrapped(layout, context, f"“{text}”", icon="TEXT")
 
 
+def _progress(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """The running job's progress bar and Cancel, else the last run's outcome."""
+    state = runner.STATE
+    run = state.run
+    if run is not None:
+        col = layout.column()
+        step = run.progress
+        detail = f" step {step.step}/{step.total}" if step is not None and step.stage == "denoising" else (
+            f" view {min(step.step + 1, step.total)}/{step.total} {step.stage}"
+            if step is not None and run.task.kind == "shape" and step.stage not in (None, "queued") else
+            f" {step.stage}" if step is not None and step.stage else "")
+        col.progress(factor=run.fraction, type="BAR",
+                     text=f"{run.task.label} ({run.index + 1}/{len(run.tasks)}){detail}")
+        col.operator("aigc.cancel", icon="CANCEL", text="Cancelling…" if run.cancelling else "Cancel")
+    elif state.info:
+        _wrapped(layout, context, state.info, icon="INFO")
+
+
+def draw_image_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """The Image Editor's panel: Make Tileable on the image it shows."""
+    state = runner.STATE
+    if state.error is not None:
+        _error(layout, context, state.error)
+    _progress(layout, context)
+    settings = context.scene.aigc
+    col = layout.column(align=True)
+    col.prop(settings, "image_prompt")
+    col.prop(settings, "tileable_band")
+    col.prop(settings, "steps")
+    col = layout.column()
+    col.scale_y = 1.4
+    col.enabled = state.run is None and getattr(context.space_data, "image", None) is not None
+    col.operator("aigc.make_tileable", icon="MOD_ARRAY")
+
+
 def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     state = runner.STATE
     scene = context.scene
@@ -55,18 +90,7 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         _error(layout, context, state.error)
 
     run = state.run
-    if run is not None:
-        col = layout.column()
-        step = run.progress
-        detail = f" step {step.step}/{step.total}" if step is not None and step.stage == "denoising" else (
-            f" view {min(step.step + 1, step.total)}/{step.total} {step.stage}"
-            if step is not None and run.task.kind == "shape" and step.stage not in (None, "queued") else
-            f" {step.stage}" if step is not None and step.stage else "")
-        col.progress(factor=run.fraction, type="BAR",
-                     text=f"{run.task.label} ({run.index + 1}/{len(run.tasks)}){detail}")
-        col.operator("aigc.cancel", icon="CANCEL", text="Cancelling…" if run.cancelling else "Cancel")
-    elif state.info:
-        _wrapped(layout, context, state.info, icon="INFO")
+    _progress(layout, context)
 
     layout.prop(settings, "style")
     obj = context.object
@@ -81,6 +105,11 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
             description = scene_data.describe_scene(scene, [obj])
             _preview(box, context, lambda: compose_object_prompt(description, description["objects"][0],
                                                                  settings.object_template))
+            if image_edits.texture_node(obj) is not None:
+                row = box.row(align=True)
+                row.enabled = run is None
+                row.prop(settings, "restyle_strength")
+                row.operator("aigc.restyle", icon="BRUSH_DATA", text="Restyle")
     box = layout.box()
     box.prop(settings, "world_description")
     _preview(box, context, lambda: compose_world_prompt(scene_data.describe_scene(scene),
@@ -159,6 +188,16 @@ class VIEW3D_PT_aigc(bpy.types.Panel):
         draw_panel(self.layout, context)
 
 
-CLASSES = (VIEW3D_PT_aigc,)
+class IMAGE_PT_aigc(bpy.types.Panel):
+    bl_space_type = "IMAGE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "AIGC"
+    bl_label = "AIGC Bridge"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        draw_image_panel(self.layout, context)
+
+
+CLASSES = (VIEW3D_PT_aigc, IMAGE_PT_aigc)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -9,10 +9,12 @@ import bpy
 
 from aigc_bridge.prompts import compose_object_prompt, compose_world_prompt
 
-from . import scene_data
+from . import image_edits, scene_data
+from .messages import UserMessage
 from .scene_import import TEXTURE_FOLDER
 
 TEXTURE, BACKDROP = "texture", "backdrop"
+RESTYLE, TILEABLE = "restyle", "tileable"  # an existing image as the init (image_edits)
 SHAPE = "shape"  # Texture from Shape: one project request for the selection (shape.py)
 
 
@@ -26,10 +28,11 @@ class Task:
     prompt: str
     fields: dict = field(default_factory=dict)
     job: object | None = None  # the client's Job once sent
+    node: tuple[str, str] | None = None  # Restyle: (material, Image Texture node) the init came from
 
     @property
     def label(self) -> str:
-        return self.target if self.kind in (TEXTURE, SHAPE) else "backdrop"
+        return "backdrop" if self.kind == BACKDROP else self.target
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,29 @@ def import_options(scene: bpy.types.Scene) -> ImportOptions:
     return ImportOptions(pack=not beside, directory=f"//{TEXTURE_FOLDER}" if beside else None,
                          tile_repeat=settings.tile_repeat if settings.tiling else None,
                          backdrop_target=settings.backdrop_target)
+
+
+def restyle_task(scene: bpy.types.Scene, obj: bpy.types.Object) -> Task | UserMessage:
+    """Image to image on the object's image texture, with the prompt Texture Selected would send for it."""
+    found = image_edits.texture_node(obj)
+    if found is None:
+        return image_edits.no_texture(obj)
+    material, node = found
+    settings = scene.aigc
+    description = scene_data.describe_scene(scene, [obj])
+    prompt = compose_object_prompt(description, description["objects"][0], settings.object_template)
+    fields = {**size_fields(settings, TEXTURE), "steps": settings.steps or None, "seed": _seed(settings),
+              "tile": "both" if settings.tiling else "none", "kind": TEXTURE,
+              "negative_prompt": settings.negative_prompt, "init": image_edits.image_bytes(node.image),
+              "strength": round(float(settings.restyle_strength), 4)}
+    return Task(RESTYLE, obj.name, prompt, fields, node=(material.name, node.name))
+
+
+def tileable_task(scene: bpy.types.Scene, image: bpy.types.Image) -> Task:
+    """The image made seamless (a band around its seams repainted, the rest kept): the sidecar's
+    seamless_band request; the result keeps the image's size."""
+    settings = scene.aigc
+    fields = {"steps": settings.steps or None, "seed": _seed(settings), "tile": "both", "kind": TEXTURE,
+              "negative_prompt": settings.negative_prompt, "init": image_edits.image_bytes(image),
+              "seamless_band": round(float(settings.tileable_band), 4)}
+    return Task(TILEABLE, image.name, settings.image_prompt, fields)

@@ -54,6 +54,17 @@ class AIGC_SceneSettings(bpy.types.PropertyGroup):
                          description="Seamless textures that repeat without visible edges")
     pbr_maps: BoolProperty(name="PBR maps", default=True,
                            description="Also wire the normal and roughness maps the sidecar derives")
+    restyle_strength: FloatProperty(
+        name="Strength", default=0.6, min=0.05, max=1.0, subtype="FACTOR",
+        description="Restyle: how far the result may move from the image texture (low keeps its layout, 1 "
+                    "repaints it from the prompt)")
+    image_prompt: StringProperty(
+        name="Prompt", default="",
+        description="Make Tileable: what the image shows (helps the model continue it across the seams)")
+    tileable_band: FloatProperty(
+        name="Band", default=0.25, min=0.05, max=0.5, subtype="FACTOR",
+        description="Make Tileable: the width of the band repainted around the seams, as a fraction of each "
+                    "side; everything outside it is kept exactly")
     tile_repeat: FloatProperty(name="Repeat", default=1.0, min=0.01, max=1000.0,
                                description="How often a tiling texture repeats per UV unit (Mapping node)")
     backdrop_target: EnumProperty(name="Backdrop", default="WORLD", items=[

@@ -20,9 +20,9 @@ import bpy
 
 from aigc_bridge.client import Client, GeneratedImage, GenerateResponse, Job, Pending, Progress
 
-from . import launcher, scene_import
+from . import image_edits, launcher, scene_import
 from .messages import UserMessage, describe, message
-from .plans import BACKDROP, SHAPE, TEXTURE, ImportOptions, Task
+from .plans import BACKDROP, RESTYLE, SHAPE, TEXTURE, TILEABLE, ImportOptions, Task
 
 POLL_S = 0.1        # how often the timer looks at the socket while a job runs
 SIDECAR_POLL_S = 0.25
@@ -327,6 +327,16 @@ def _apply(run: Run, task: Task, job: Job) -> None:
         else:
             scene_import.set_world_backdrop(scene, image.data, info, pack=options.pack,
                                             directory=options.directory)
+    elif task.kind == RESTYLE:
+        obj = bpy.data.objects.get(task.target)
+        if obj is None or image_edits.apply_restyle(obj, *task.node, image.data, info, pack=options.pack,
+                                                    directory=options.directory) is None:
+            run.skipped.append(task.target)
+            return
+    elif task.kind == TILEABLE and image_edits.apply_tileable(task.target, image.data, info, pack=options.pack,
+                                                              directory=options.directory) is None:
+        run.skipped.append(task.target)
+        return
     run.results.append(f"{task.label} seed {image.seed}")
 
 

@@ -278,12 +278,14 @@ def package_signature(manifest: dict) -> dict | None:
     return None if not control else control["signature"]
 
 
-def add_controlnet(package_dir: str | Path, source: str, name: str | None = None, *,
+def add_controlnet(package_dir: str | Path, source: str, name: str | None = None, *, base: str | None = None,
                    log: Callable[[str], None] = print) -> dict:
     """Export the controlnet ``source`` into the package at ``package_dir`` as ``name`` (default: from the
-    source). Atomic: the new files are written beside the package and moved in, then the manifest is replaced
-    in one rename (its ``files`` and ``package_hash`` updated); on any failure the package is as it was.
-    Returns the new manifest."""
+    source). A package exported without the UNet's residual-input variant gets it from ``base``, the model the
+    package was exported from (checked: the variant with zero residuals must reproduce the package's UNet); its
+    tensors point into the existing ``unet.weights``. Atomic: the new files are written beside the package and
+    moved in, then the manifest is replaced in one rename (``files``, ``package_hash``, ``parity``, ``memory``
+    updated); on any failure the package is as it was. Returns the new manifest."""
     import json
     import os
     import shutil
@@ -304,48 +306,103 @@ def add_controlnet(package_dir: str | Path, source: str, name: str | None = None
         raise ExportError(f"{label} already has a controlnet named {name} (from {existing[name]['source']}): "
                           "give another --name", "name")
     model = load_controlnet(source)
-    base = package_signature(manifest)
     sig = signature(model)
-    if base is None:
+    base_sig = package_signature(manifest)
+    if base_sig is None:
         # what the manifest tells of the base anyway: enough to name a controlnet of another family
-        partial = {"cross_attention_dim": sum(int(e["hidden_size"]) for e in manifest["text_encoders"]),
-                   "text_time": bool(manifest["unet"].get("text_time"))}
-        check_fits(sig, source, partial, label)
-        raise ExportError(f"{label} was exported without the UNet's controlnet inputs: export it again with "
-                          "--controlnet (or --control-inputs, to add controlnets later)", "package")
-    check_fits(sig, source, base, label)
-    if manifest["precision"] == "fp16":
-        log("  fp16 package: the controlnet is exported in fp16 too")
-    tiles = tuple(manifest["unet"]["control"]["graphs"])
+        check_fits(sig, source, {"cross_attention_dim": sum(int(e["hidden_size"]) for e in manifest["text_encoders"]),
+                                 "text_time": bool(manifest["unet"].get("text_time"))}, label)
+        if base is None:
+            raise ExportError(f"{label} was exported without the UNet's controlnet inputs: give --base SOURCE (the "
+                              "model it was exported from), or export it again with --controlnet (or "
+                              "--control-inputs, to add controlnets later)", "base")
+    fp16, optimize = manifest["precision"] == "fp16", manifest.get("optimization", "none")
     dims = GraphDims.from_manifest(manifest)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.{name}.", dir=root.parent))
     moved: list[Path] = []
+    tmp = root / f".{MANIFEST_NAME}.{name}.tmp"
     try:
+        graphs = []
+        if base_sig is None:
+            control_graph = _base_control_graph(base, manifest, root, staging, dims, fp16, optimize, log)
+            base_sig = manifest["unet"]["control"]["signature"]
+            graphs.append(control_graph)
+        check_fits(sig, source, base_sig, label)
+        tiles = tuple(manifest["unet"]["control"]["graphs"])
         graph, spec = controlnet_graph(_Graph, name, model, dims, tiles)
-        export_graphs([graph], staging, manifest["precision"] == "fp16", manifest.get("optimization", "none"), log)
-        new_files = sorted(p.name for p in staging.iterdir())
+        export_graphs([graph], staging, fp16, optimize, log)
+        graphs.append(graph)
+        new_files = sorted(p.name for p in staging.iterdir() if not p.is_symlink())
         clash = [f for f in new_files if f in manifest["files"]]
         if clash:
             raise ExportError(f"{label} already lists {', '.join(clash)}", "name")
         if manifest.get("memory"):
-            manifest["memory"]["graphs"].update(profile_graphs(staging, manifest, [(graph.files["none"], 1)], log))
+            targets = [(g.files["none"], 1) for g in graphs]
+            manifest["memory"]["graphs"].update(profile_graphs(staging, manifest, targets, log))
         manifest.setdefault("controlnets", {})[name] = controlnet_entry(name, source, graph, spec, sig)
-        manifest["parity"].update(graph.parity)
+        for g in graphs:
+            manifest["parity"].update(g.parity)
         for file_name in new_files:
             manifest["files"][file_name] = sha256_file(staging / file_name)
         manifest["package_hash"] = package_hash(manifest["files"])
         for file_name in new_files:
             os.replace(staging / file_name, root / file_name)
             moved.append(root / file_name)
-        tmp = root / f".{MANIFEST_NAME}.{name}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, root / MANIFEST_NAME)  # the commit point
     except BaseException:
         for path in moved:
             path.unlink(missing_ok=True)
-        (root / f".{MANIFEST_NAME}.{name}.tmp").unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"added controlnet {name} to {root} (package {manifest['package_hash'][:12]})")
     return manifest
+
+
+def _base_control_graph(base: str, manifest: dict, root: Path, staging: Path, dims: GraphDims, fp16: bool,
+                        optimize: str, log: Callable[[str], None]):
+    """The residual-input UNet exported from ``base`` into ``staging``, its tensors pointing into the package's
+    ``unet.weights`` (linked into ``staging`` read-only for the checks); fails unless, with zero residuals, it
+    gives what the package's own UNet gives (the base is the model the package was exported from)."""
+    import numpy as np
+
+    from aigc_bridge.engine.providers import import_onnxruntime
+
+    from .onnx_export import _Graph, _UNet, export_graphs, index_weights
+    from .single_file import load_source
+
+    pipe = load_source(base, log=log).pipe
+    pipe.unet.eval()
+    unet_graph = _UNet(pipe.unet, dims.text_time, bool(dims.cond_dim))
+    graph, layout = unet_control_graph(_Graph, unet_graph, pipe.unet, dims, tuple(manifest["unet"]["graphs"]))
+    graph.weights = "unet.control"  # new tensors (none, for the right base) go here; never into unet.weights
+    plain = root / manifest["unet"]["graphs"]["none"]
+    known = index_weights(plain)
+    for location in {loc for loc, _, _ in known.values()}:
+        (staging / location).symlink_to((root / location).resolve())
+    export_graphs([graph], staging, fp16, optimize, log, known=known)
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    with_res = ort.InferenceSession(str(staging / graph.files["none"]), options, providers=["CPUExecutionProvider"])
+    own = ort.InferenceSession(str(plain), options, providers=["CPUExecutionProvider"])
+    b, h, w = graph.check_shape
+    inputs = {n: t.numpy() for n, t in zip(graph.input_names, graph.make_inputs(99, b, h, w))}
+    for r in layout:
+        inputs[r["name"]] = np.zeros_like(inputs[r["name"]])
+    ours = with_res.run(None, inputs)[0]
+    theirs = own.run(None, {i.name: inputs[i.name] for i in own.get_inputs()})[0]
+    error, limit = float(np.max(np.abs(ours - theirs))), 1e-4 + 1e-3 * float(np.max(np.abs(theirs)))
+    if fp16:
+        limit = 3e-2 + 3e-2 * float(np.max(np.abs(theirs)))
+    if not error <= limit:
+        raise ExportError(f"--base {base} is not the model {manifest['model_id']} was exported from: its UNet gives "
+                          f"other results (max |diff| {error:.3g}, limit {limit:.3g})", "base")
+    extra = staging / "unet.control.weights"
+    if extra.exists() and extra.stat().st_size == 0:
+        extra.unlink()  # every tensor was the package's own
+    manifest["unet"]["control"] = {"graphs": dict(graph.files), "residuals": layout,
+                                   "signature": signature(pipe.unet)}
+    return graph

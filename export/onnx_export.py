@@ -440,15 +440,15 @@ def _export_into(pipe, source: str, root: Path, family: str, distillation: str, 
 
 
 def export_graphs(graphs: Sequence[_Graph], root: Path, fp16: bool, optimize: str, log: Callable[[str], None],
-                  weights: dict[str, _SharedWeights] | None = None) -> None:
+                  known: dict[str, tuple[str, int, int]] | None = None) -> None:
     """Export each graph's variants into ``root``; graphs naming the same ``weights`` stem share one file.
-    ``weights`` (stem -> _SharedWeights) continues files already written (add_controlnet)."""
-    weights = {} if weights is None else weights
+    Tensors in ``known`` (:func:`index_weights` of a graph already in the package) are pointed to, not written."""
+    weights: dict[str, _SharedWeights] = {}
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as files:
         for graph in graphs:
             stem = graph.weights or graph.name
             if stem not in weights:
-                weights[stem] = _SharedWeights(files.enter_context(open(root / f"{stem}.weights", "wb")))
+                weights[stem] = _SharedWeights(files.enter_context(open(root / f"{stem}.weights", "wb")), known)
             for tile in graph.tiles:
                 _export_variant(graph, tile, weights[stem], root, Path(scratch), fp16 and not graph.fp32, optimize,
                                 log)
@@ -531,12 +531,14 @@ def _restore_fp32_resize_scales(graph: onnx.GraphProto) -> None:
 
 
 class _SharedWeights:
-    """One external-data file for several graphs: identical tensors are stored once (by content hash)."""
+    """One external-data file for several graphs: identical tensors are stored once (by content hash).
+    ``known`` (sha256 -> (file, offset, length), from :func:`index_weights`) are tensors already stored in
+    another file of the package, pointed to rather than written again."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, known: dict[str, tuple[str, int, int]] | None = None) -> None:
         self.name = Path(file.name).name
         self._file = file
-        self._offsets: dict[str, tuple[int, int]] = {}
+        self._offsets: dict[str, tuple[str, int, int]] = dict(known or {})
 
     def save(self, model: onnx.ModelProto, graph_path: Path) -> None:
         for tensor in _initializers(model.graph):
@@ -552,20 +554,42 @@ class _SharedWeights:
             data = tensor.raw_data
             if len(data) < _INLINE_LIMIT:
                 continue
-            offset, length = self._offsets.get(hashlib.sha256(data).hexdigest(), (None, len(data)))
+            digest = hashlib.sha256(data).hexdigest()
+            location, offset, length = self._offsets.get(digest, (self.name, None, len(data)))
             if offset is None:
                 offset = -self._file.tell() % _ALIGN + self._file.tell()
                 self._file.seek(offset)
                 self._file.write(data)
-                self._offsets[hashlib.sha256(data).hexdigest()] = (offset, length)
+                self._offsets[digest] = (location, offset, length)
             tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
             del tensor.external_data[:]
-            for key, value in (("location", self.name), ("offset", str(offset)), ("length", str(length))):
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
         self._file.flush()
         onnx.save(model, str(graph_path))
+
+
+def index_weights(graph_path: Path) -> dict[str, tuple[str, int, int]]:
+    """sha256 -> (weights file, offset, length) of every external tensor ``graph_path`` points to."""
+    model = onnx.load(str(graph_path), load_external_data=False)
+    index: dict[str, tuple[str, int, int]] = {}
+    handles: dict[str, BinaryIO] = {}
+    try:
+        for tensor in _initializers(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            location, offset, length = info["location"], int(info.get("offset", 0)), int(info["length"])
+            if location not in handles:
+                handles[location] = open(graph_path.parent / location, "rb")  # noqa: SIM115 (closed below)
+            handles[location].seek(offset)
+            index[hashlib.sha256(handles[location].read(length)).hexdigest()] = (location, offset, length)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return index
 
 
 def _initializers(graph: onnx.GraphProto):

@@ -202,7 +202,7 @@ def test_depth_model_checks(depth_model, sd_cn_pipe):
     with pytest.raises(InvalidRequest, match="depth model") as err:
         pipe.resolve(GenerateRequest("stone", steps=2))
     assert err.value.field == "depth"
-    with pytest.raises(InvalidRequest, match="takes no depth map.*depth, canny") as err:
+    with pytest.raises(InvalidRequest, match="takes no depth map.*it has canny, depth") as err:
         sd_cn_pipe.resolve(GenerateRequest("stone", steps=2, depth=InputImage.from_bytes(png_bytes(_depth()), "depth")))
     assert err.value.field == "depth"
     # from noise: depth without an init is text to image with the depth channel
@@ -238,7 +238,7 @@ def test_add_controlnet_to_an_existing_package(workdir, tiny_sd_src, controlnets
     run = cli("export", str(tiny_sd_src), str(package), "--control-inputs", "--no-seamless")
     assert run.returncode == 0, run.stderr
     before = json.loads((package / "model.json").read_text())
-    assert "controlnets" not in before
+    assert not before["controlnets"] and before["unet"]["control"]
     run = cli("add-controlnet", str(package), str(controlnets["canny"]), "--name", "edges")
     assert run.returncode == 0, run.stderr
     after = json.loads((package / "model.json").read_text())
@@ -255,6 +255,35 @@ def test_add_controlnet_to_an_existing_package(workdir, tiny_sd_src, controlnets
     run = cli("add-controlnet", str(package), str(controlnets["depth"]), "--name", "edges")
     assert run.returncode == 2 and "already has a controlnet named edges" in run.stderr
     assert json.loads((package / "model.json").read_text()) == after
+
+
+def test_add_controlnet_to_a_package_exported_without_control_inputs(tiny_sd, tiny_sd_src, controlnets, sd_cn_pipe,
+                                                                    workdir, tmp_path):
+    import shutil
+
+    from aigc_bridge_export.tiny import build_tiny_sd
+
+    package = tmp_path / "plain"
+    shutil.copytree(tiny_sd, package)
+    before = (package / "model.json").read_bytes()
+    run = cli("add-controlnet", str(package), str(controlnets["canny"]))
+    assert run.returncode == 2 and "--base SOURCE" in run.stderr
+    other = build_tiny_sd(tmp_path / "other-sd", seed=5)
+    run = cli("add-controlnet", str(package), str(controlnets["canny"]), "--base", str(other))
+    assert run.returncode == 2 and "is not the model tiny-sd was exported from" in run.stderr, run.stderr
+    assert (package / "model.json").read_bytes() == before
+    assert not any(p.name.startswith("unet.control") or p.name.startswith("controlnet.") for p in package.iterdir())
+    run = cli("add-controlnet", str(package), str(controlnets["canny"]), "--base", str(tiny_sd_src))
+    assert run.returncode == 0, run.stderr
+    m = json.loads((package / "model.json").read_text())
+    assert set(m["unet"]["control"]["graphs"]) == {"none", "both", "x"} and sorted(m["controlnets"]) == ["canny"]
+    assert (package / "unet.weights").read_bytes() == (tiny_sd / "unet.weights").read_bytes()
+    assert "unet.control.weights" not in m["files"]  # every tensor of the variant is the package's own
+    image, latents = _pattern(seed=13), _latents(seed=13)
+    request = GenerateRequest("moss", steps=3, seed=0, tile="both", controls=(_control("canny", image),))
+    added = Pipeline.load(package, provider="cpu").generate(request, noise=Noise(latents))
+    exported = sd_cn_pipe.generate(request, noise=Noise(latents))
+    assert np.max(np.abs(added.images[0] - exported.images[0])) < 1e-5
 
 
 def test_an_sd_controlnet_on_an_sdxl_package_is_refused_naming_both(workdir, tiny_sdxl_src, controlnets, tmp_path):

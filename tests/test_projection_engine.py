@@ -112,3 +112,28 @@ def test_a_model_without_depth_runs_on_text_img2img_and_inpainting(sd_pipeline) 
     assert first.init is None and first.depth is None and not first.controls
     assert later and all(r.init is not None and r.mask is not None and r.strength == 1.0 for r in later)
     assert result.textures[0].shape == (64, 64, 3)
+
+
+def test_the_sidecar_runs_the_loop_through_the_depth_controlnet(sd_cn, tmp_path) -> None:  # noqa: F811
+    """A real `aigc-bridge serve` with the tiny depth-ControlNet package: the project request reports the
+    ControlNet mode and bakes a texture."""
+    from aigc_bridge.project_request import ArrayInput, MeshInput, ProjectRequest, ViewsInput
+
+    from .sidecar import SidecarProcess
+
+    def arr(a, dtype):
+        a = np.ascontiguousarray(a, dtype)
+        return ArrayInput(dtype, a.shape, a.tobytes())
+
+    box = shapes.box()
+    request = ProjectRequest("stone tiles", (MeshInput("box", arr(box.positions, "float32"),
+                                                       arr(box.triangles, "int32"), arr(box.uvs, "float32")),),
+                             steps=2, texture_size=64, views=ViewsInput(count=2, size=SIZE, top=False))
+    server = SidecarProcess(tmp_path, sd_cn)
+    try:
+        with server.client() as client:
+            response = client.project(request)
+    finally:
+        server.stop()
+    assert response.mode == CONTROLNET and "depth ControlNet" in response.mode_text
+    assert len(response.views) == 2 and response.textures[0].coverage > 0.5

@@ -269,7 +269,7 @@ def test_client_result_bytes_are_the_in_process_bytes(mini, mini_pipeline, red_b
 def test_bad_images_the_model_refuses_through_the_client(mini, red_bricks) -> None:
     """What only the model or the decoder can tell, answered as errors naming the field; the sidecar serves on."""
     cut = red_bricks[: len(red_bricks) // 2]  # header intact, data cut short
-    cases = [({"init": red_bricks, "mask": png(16, 16, (255, 255, 255), "L")}, "mask", "must have its init's size"),
+    cases = [({"init": red_bricks, "mask": png(16, 16, (255, 255, 255), "L")}, "mask", "must be the init's size"),
              ({"init": cut}, "init", "not a readable image"),
              ({"init": red_bricks, "strength": 0.05, "steps": 4}, "strength", "steps x strength"),
              ({"controls": [{"name": "canny", "image": red_bricks}]}, "controls", "canny")]
@@ -280,3 +280,35 @@ def test_bad_images_the_model_refuses_through_the_client(mini, red_bricks) -> No
             assert info.value.code == "invalid_request", (fields.keys(), info.value)
             assert (info.value.field or "").startswith(field) and words in info.value.message, info.value
         assert client.generate("still serving", seed=1, steps=2).seeds == [1]
+
+
+def test_seamless_band_through_the_sidecar_makes_the_init_tile_and_keeps_the_rest(mini, mini_pipeline) -> None:
+    """What Blender's Make Tileable sends: a non-tiling image with seamless_band comes back the same size,
+    as make_seamless makes it in process (the same bytes), wrapping, with every pixel outside the band the
+    input's."""
+    import numpy as np
+    from PIL import Image
+
+    from aigc_bridge.assets.seams import seam_ratio
+    from aigc_bridge.assets.writers import png_bytes
+    from aigc_bridge.request import GenerateRequest
+    from aigc_bridge.seamless import make_seamless
+
+    photo = mini_pipeline.generate(GenerateRequest("grey stone floor", seed=6, tile="none")).images[0]
+    big = np.asarray(Image.fromarray(np.round(photo * 255).astype(np.uint8)).resize((64, 48), Image.LANCZOS))
+    with mini.client(timeout=60) as client:
+        out = client.generate("grey stone floor", init=png_from(big), seamless_band=0.25, seed=5, steps=20)
+    image = out.images[0]
+    mine = make_seamless(mini_pipeline, big / np.float32(255.0), prompt="grey stone floor", seed=5, steps=20)
+    assert image.data == png_bytes(mine.image)
+    after = rgb(image.data)
+    assert after.shape == big.shape
+    assert out.request["seamless_band"] == 0.25 and out.request["init"]["width"] == 64
+    before_ratio = np.mean([seam_ratio(big / 255.0, axis) for axis in (0, 1)])
+    after_ratio = np.mean([seam_ratio(after / 255.0, axis) for axis in (0, 1)])
+    assert before_ratio > 5 and after_ratio < 1.5, (before_ratio, after_ratio)
+    np.testing.assert_array_equal(after[14:34, 20:44], big[14:34, 20:44])  # the middle is outside the band
+    with mini.client(timeout=30) as client:
+        with pytest.raises(AigcError, match="seamless_band makes an init image tile") as err:
+            client.generate("grey stone floor", seamless_band=0.25)
+        assert err.value.field == "seamless_band"

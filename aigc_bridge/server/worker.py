@@ -17,6 +17,7 @@ import zmq
 from ..assets.outputs import build_outputs
 from ..errors import AigcError, Cancelled
 from ..protocol import error_content
+from ..seamless import run_request
 from ..upscale import own_upscaler
 from .jobs import Job, JobBoard
 from .preview import latent_preview
@@ -101,7 +102,7 @@ class Worker(threading.Thread):
             if job.cancel.is_set():
                 raise Cancelled("cancelled before it started")
             job.stage = "denoising"
-            result = self.pipeline.generate(req, callback=on_step)
+            result = run_request(self.pipeline, req, callback=on_step)
             if job.cancel.is_set():  # flagged after the last step: the client was told it is cancelled
                 raise Cancelled(f"cancelled after step {job.step} of {req.steps}")
             job.stage = "writing"
