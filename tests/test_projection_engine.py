@@ -136,4 +136,4 @@ def test_the_sidecar_runs_the_loop_through_the_depth_controlnet(sd_cn, tmp_path)
     finally:
         server.stop()
     assert response.mode == CONTROLNET and "depth ControlNet" in response.mode_text
-    assert len(response.views) == 2 and response.textures[0].coverage > 0.5
+    assert len(response.views) == 2 and response.textures[0].coverage > 0.4  # front and back of 6 faces
