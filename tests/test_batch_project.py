@@ -122,6 +122,9 @@ def test_bad_project_jobs_are_reported_before_anything_runs(scene) -> None:
     assert run.returncode != 0
     assert "texture_size must be a power of two" in run.stderr + run.stdout or "views" in run.stderr + run.stdout
     (folder / "sun.toml").write_text(JOBS.replace('["Crate", "Barrel"]', '["Crate", "Sun"]'))
-    run = batch(folder, env, "sun.toml")
-    assert run.returncode == 1 and "'Sun' is a light, not a mesh" in run.stdout
-    assert not (folder / "out" / "props" / "Sun.png").exists()
+    run = batch(folder, env, "sun.toml")  # refused before the model is loaded: nothing runs
+    assert run.returncode != 0 and "'Sun' is a light, not a mesh" in run.stderr + run.stdout
+    assert "nothing was generated" in run.stderr + run.stdout
+    (folder / "typo.toml").write_text(JOBS.replace('["Crate", "Barrel"]', '["Crate", "Barel"]'))
+    run = batch(folder, env, "typo.toml")
+    assert "scene.blend has no object 'Barel'" in run.stderr + run.stdout and "Barrel" in run.stderr

@@ -111,6 +111,31 @@ def parse_projects(entries: object, blend_file: Path | None, base: Path | None, 
     return jobs
 
 
+def check_project_targets(jobs: list[ProjectJob], blender: str | None = None, timeout: float = 300) -> list:
+    """Every object a project job names must be a mesh in its .blend: checked before any model is loaded."""
+    import tempfile
+
+    from .blend import _close, _run
+    from .spec import Problem
+
+    problems = []
+    inspected: dict[Path, dict] = {}
+    for job in jobs:
+        if job.blend not in inspected:
+            with tempfile.TemporaryDirectory(prefix="aigc-blend-") as folder:
+                plan = {"source": str(job.blend.resolve()), "report": str(Path(folder) / "report.json")}
+                inspected[job.blend] = _run(blender, "inspect", plan, Path(folder) / "plan.json", timeout)
+        types = {o["name"]: o["type"] for o in inspected[job.blend]["objects"]}
+        for name in job.objects:
+            if name not in types:
+                problems.append(Problem(job.where, "objects", f"{job.blend.name} has no object {name!r}"
+                                        + _close(name, set(types)), job.line))
+            elif types[name] != "MESH":
+                problems.append(Problem(job.where, "objects", f"{name!r} is a {types[name].lower()}, not a mesh: "
+                                        "only meshes can be textured from their shape", job.line))
+    return problems
+
+
 def run_projects(jobs: list[ProjectJob], backend, out: Path, blender: str | None, log) -> list[dict]:
     """Run every project job; one report per job (``error`` set when it failed; later jobs still run)."""
     from .blend import _run, find_scene_import
