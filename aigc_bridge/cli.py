@@ -531,6 +531,14 @@ def _batch(args: argparse.Namespace) -> int:
             raise JobFileError(problems, args.jobs)
     if args.check and input_problems(job_file.jobs):
         raise JobFileError(input_problems(job_file.jobs), args.jobs)
+    if job_file.projects:
+        from .batch.blend import find_scene_import
+        from .batch.project import check_project_targets
+
+        find_scene_import()
+        problems = check_project_targets(list(job_file.projects), args.blender)
+        if problems:
+            raise JobFileError(problems, args.jobs)
     if args.check and args.model is None:
         print(f"{args.jobs}: {len(job_file.jobs)} jobs, {sum(len(j.stems) for j in job_file.jobs)} output sets: ok")
         return 0

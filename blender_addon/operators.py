@@ -10,7 +10,8 @@ from bpy.props import EnumProperty, StringProperty
 from aigc_bridge.client import Client
 from aigc_bridge.prompts import OBJECT_TEMPLATE, WORLD_TEMPLATE
 
-from . import connection, exporting, history, launcher, model_list, plans, preferences, runner, scene_data
+from . import connection, exporting, history, launcher, model_list, plans, preferences, runner, scene_data, shape
+from .mesh_arrays import MeshRefused
 from .messages import UserMessage, describe, message
 from .scene_import import ensure_uvs
 
@@ -144,6 +145,25 @@ class AIGC_OT_texture_selected(_Generate, bpy.types.Operator):
     def prepare(self, context: bpy.types.Context, tasks: list[plans.Task]) -> None:
         for task in tasks:  # UVs now, in the operator's context, not later when the image lands
             ensure_uvs(bpy.data.objects[task.target])
+
+
+class AIGC_OT_texture_from_shape(_Generate, bpy.types.Operator):
+    """Texture the selected meshes from their shape: views around them, baked into their own UV maps"""
+
+    bl_idname = "aigc.texture_from_shape"
+    bl_label = "Texture from Shape"
+    bl_options = {"REGISTER"}
+    title = "Texture from Shape"
+    mode: _MODE
+
+    def tasks(self, context: bpy.types.Context) -> list[plans.Task] | UserMessage:
+        if context.mode != "OBJECT":
+            return UserMessage("Texturing works in Object Mode.", "Switch to Object Mode (Tab)", "mode")
+        objects = sorted(context.selected_objects, key=lambda o: o.name)
+        try:  # every check first: a refused selection leaves the scene as it was
+            return [shape.shape_task(context.scene, objects, context.evaluated_depsgraph_get())]
+        except MeshRefused as exc:
+            return exc.user_message
 
 
 class AIGC_OT_generate_backdrop(_Generate, bpy.types.Operator):
@@ -464,7 +484,8 @@ class AIGC_OT_stop_sidecar(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (AIGC_OT_texture_selected, AIGC_OT_generate_backdrop, AIGC_OT_restyle, AIGC_OT_make_tileable,
+CLASSES = (AIGC_OT_texture_selected, AIGC_OT_texture_from_shape, AIGC_OT_generate_backdrop, AIGC_OT_restyle,
+           AIGC_OT_make_tileable,
            AIGC_OT_history_rerun, AIGC_OT_history_recall, AIGC_OT_history_use_seed, AIGC_OT_cancel,
            AIGC_OT_refresh_status, AIGC_OT_add_prompt, AIGC_OT_reset_templates, AIGC_OT_start_sidecar,
            AIGC_OT_use_model, AIGC_OT_refresh_models, AIGC_OT_export_model, AIGC_OT_cancel_export, AIGC_MT_models,

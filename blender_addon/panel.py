@@ -46,6 +46,8 @@ def _progress(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         col = layout.column()
         step = run.progress
         detail = f" step {step.step}/{step.total}" if step is not None and step.stage == "denoising" else (
+            f" view {min(step.step + 1, step.total)}/{step.total} {step.stage}"
+            if step is not None and run.task.kind == "shape" and step.stage not in (None, "queued") else
             f" {step.stage}" if step is not None and step.stage else "")
         if run.waiting:  # Generate started the local sidecar: it is loading the model
             sidecar = state.sidecar
@@ -163,6 +165,23 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     col.operator("aigc.texture_selected", icon="TEXTURE")
     col.operator("aigc.generate_backdrop", icon="WORLD")
 
+    box = layout.box()
+    box.label(text="Texture from Shape", icon="MOD_UVPROJECT")
+    col = box.column(align=True)
+    col.prop(settings, "shape_cameras")
+    if settings.shape_cameras == "RING":
+        col.prop(settings, "shape_views")
+        col.prop(settings, "shape_elevation")
+        row = col.row(align=True)
+        row.prop(settings, "shape_top")
+        row.prop(settings, "shape_bottom")
+    col.prop(settings, "shape_view_size")
+    col.prop(settings, "shape_texture_size")
+    col.prop(settings, "shape_control_scale")
+    sub = box.column()
+    sub.scale_y = 1.4
+    sub.enabled = run is None
+    sub.operator("aigc.texture_from_shape", icon="MOD_UVPROJECT")
     draw_history(layout, context, settings, run is None)
 
 

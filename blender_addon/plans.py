@@ -16,11 +16,13 @@ from .scene_import import TEXTURE_FOLDER
 
 TEXTURE, BACKDROP = "texture", "backdrop"
 RESTYLE, TILEABLE = "restyle", "tileable"  # an existing image as the init (image_edits)
+SHAPE = "shape"  # Texture from Shape: one project request for the selection (shape.py)
 
 
 @dataclass
 class Task:
-    """One generate request and where its image goes (an object's name, or the scene's for a backdrop)."""
+    """One generate request and where its image goes (an object's name, or the scene's for a backdrop); for
+    SHAPE, ``fields`` holds the project request and the objects' UV maps."""
 
     kind: str
     target: str

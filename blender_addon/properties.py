@@ -109,6 +109,23 @@ class AIGC_SceneSettings(bpy.types.PropertyGroup):
     history_index: IntProperty(name="History", default=0, min=0)
     history_counter: IntProperty(default=0)
     show_history: BoolProperty(name="History", default=True)
+    # Texture from Shape (multi-view projection into the objects' own UV maps)
+    shape_cameras: EnumProperty(name="Views", default="RING", items=[
+        ("RING", "Ring", "Cameras on a ring around the selected objects, plus top / bottom"),
+        ("SCENE", "Scene cameras", "Every camera of the scene, in name order")])
+    shape_views: IntProperty(name="Views", default=8, min=1, max=64,
+                             description="Cameras on the ring around the objects")
+    shape_elevation: FloatProperty(name="Elevation", default=15.0, min=-89.0, max=89.0,
+                                   description="Degrees above the horizon of the ring's cameras")
+    shape_top: BoolProperty(name="Top", default=True, description="Add a view from straight above")
+    shape_bottom: BoolProperty(name="Bottom", default=False, description="Add a view from straight below")
+    shape_view_size: IntProperty(name="View Size", default=128, min=16, max=2048, step=32, subtype="PIXEL",
+                                 description="Pixels per view (each view is generated at this size)")
+    shape_texture_size: EnumProperty(name="Texture Size", default="1024", items=[
+        (str(n), f"{n} px", f"Bake into a {n} x {n} texture") for n in (256, 512, 1024, 2048, 4096)])
+    shape_control_scale: FloatProperty(name="ControlNet Strength", default=1.0, min=0.0, max=2.0,
+                                       description="How strongly the depth ControlNet makes views follow the "
+                                                   "shape (models that have one)")
 
 
 CLASSES = (AIGC_HistoryItem, AIGC_SceneSettings)

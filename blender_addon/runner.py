@@ -23,7 +23,7 @@ from aigc_bridge.client import Client, GeneratedImage, GenerateResponse, Job, Pe
 
 from . import exporting, history, image_edits, launcher, scene_import
 from .messages import UserMessage, describe, message
-from .plans import BACKDROP, RESTYLE, TEXTURE, TILEABLE, ImportOptions, Task
+from .plans import BACKDROP, RESTYLE, SHAPE, TEXTURE, TILEABLE, ImportOptions, Task
 
 POLL_S = 0.1        # how often the timer looks at the socket while a job runs
 SIDECAR_POLL_S = 0.25
@@ -212,7 +212,8 @@ def _advance(run: Run) -> float | None:
         run.endpoint = run.client.endpoint
     task = run.task
     if task.job is None:
-        task.job = run.client.submit(task.prompt, **task.fields)
+        task.job = (run.client.submit_project(task.fields["request"]) if task.kind == SHAPE
+                    else run.client.submit(task.prompt, **task.fields))
         STATE.info = f"{run.title}: {task.label}"
         return POLL_S
     job = task.job
@@ -304,7 +305,31 @@ def result_info(response: GenerateResponse, image: GeneratedImage) -> dict:
             "request_key": response.request_key}
 
 
+def _apply_shape(run: Run, task: Task, job: Job) -> None:
+    """Baked textures onto their objects (only now, so a cancelled or failed run changed no material)."""
+    response = job.result
+    uv_maps = task.fields["uv_maps"]
+    request = task.fields["request"]
+    info = {"prompt": task.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
+            "model": response.model_id, "steps": request.steps, "request_key": response.request_key}
+    done = []
+    for texture in response.textures:
+        obj = bpy.data.objects.get(texture.mesh)
+        if obj is None or obj.type != "MESH":
+            run.skipped.append(texture.mesh)
+            continue
+        scene_import.apply_baked_texture(obj, texture.data, uv_maps[texture.mesh], info, pack=run.options.pack,
+                                         directory=run.options.directory)
+        done.append(f"{texture.mesh} {texture.coverage:.0%} seen")
+    notes = [*task.fields.get("notes", ()), *response.warnings]
+    run.results.append(f"{', '.join(done)}; {len(response.views)} views; {response.mode_text}"
+                       + (f"; {'; '.join(notes)}" if notes else ""))
+
+
 def _apply(run: Run, task: Task, job: Job) -> None:
+    if task.kind == SHAPE:
+        _apply_shape(run, task, job)
+        return
     image = job.result.images[0]
     info = result_info(job.result, image)
     options = run.options

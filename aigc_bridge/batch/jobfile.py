@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 SCHEMA_VERSION = 1
 JOB_TABLES = ("texture", "backdrop", "jobs")
-TOP_KEYS = ("version", "defaults", "blend", *JOB_TABLES)
+TOP_KEYS = ("version", "defaults", "blend", *JOB_TABLES, "project")
 # Job key -> the GenerateRequest field it sets (None: not a request field).
 REQUEST_KEYS = {"negative": "negative_prompt", "width": "width", "height": "height", "steps": "steps",
                 "guidance": "guidance", "scheduler": "scheduler", "tile": "tile", "count": "count",
@@ -135,10 +135,21 @@ class _Checker:
                 continue
             for i, raw in enumerate(entries):
                 jobs += self._job(table, i, raw, defaults, start=len(jobs))
-        if not jobs and not self.problems:
-            self.problem("file", None, "there are no jobs: add [[texture]] or [[backdrop]] tables")
+        projects = []
+        if "project" in data:
+            from .project import parse_projects
+
+            base = self.path.resolve().parent if self.path is not None else None
+            projects = parse_projects(data["project"], blend_file, base, self.problem)
+            taken = {j.name.casefold() for j in jobs}
+            for p in projects:
+                if p.name.casefold() in taken:
+                    self.problem(p.where, "name", "is the name of another job", ("project", int(p.source[8:-1])))
+                taken.add(p.name.casefold())
+        if not jobs and not projects and not self.problems:
+            self.problem("file", None, "there are no jobs: add [[texture]], [[backdrop]] or [[project]] tables")
         self._check_across(jobs)
-        return JobFile(self.path, tuple(jobs), blend_file)
+        return JobFile(self.path, tuple(jobs), blend_file, tuple(projects))
 
     def _defaults(self, raw: object, table: str = "defaults") -> dict:
         """``[defaults]`` for every job, with ``[defaults.texture]`` / ``[defaults.backdrop]`` for one kind
