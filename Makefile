@@ -30,10 +30,12 @@ lint: $(VENV)/.installed
 test: lint
 	$(PY) -m pytest -q
 
-# The Blender extension zip (dist/aigc_bridge-VERSION.zip): downloads the pyzmq wheels, builds the client wheel,
-# then builds and validates the zip with Blender's own extension builder from the bpy wheel (docs/blender.md).
+# The Blender extension zips, one per platform and Blender line (dist/aigc_bridge-VERSION-LINE-PLATFORM.zip), each
+# with the sidecar runtime as wheels: downloads them into build/wheels (kept; ~260 MB for all eight), builds the
+# runtime wheel, builds and validates every zip with Blender's own extension builder from the bpy wheel
+# (docs/blender.md). Writes only under build/ and dist/. ADDON_ARGS="--platform linux-x64" builds fewer.
 addon: $(VENV)/.installed
-	$(PY) blender_addon/build.py
+	$(PY) blender_addon/build.py $(ADDON_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_runtime.py

@@ -235,8 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--force", action="store_true", help="replace existing key files")
     keys.set_defaults(run=_keys)
 
-    from aigc_bridge_export import bench as bench_module  # stdlib-only at import; torch loads when it runs
-    from aigc_bridge_export.families import FAMILY_NAMES  # stdlib-only too
+    try:  # absent where only the runtime is installed (the Blender extension's bundled sidecar)
+        from aigc_bridge_export import bench as bench_module  # stdlib-only at import; torch loads when it runs
+        from aigc_bridge_export.families import FAMILY_NAMES  # stdlib-only too
+    except ImportError:
+        pass
+    else:
+        _add_exporter_commands(sub, bench_module, FAMILY_NAMES)
+
+    # Its own parser (aigc_bridge.evaluation.run) reads the rest, so numpy loads only when it runs.
+    evaluate = sub.add_parser("eval", add_help=False,
+                              help="evaluate a texture model: colour and pattern adherence, seams, diversity")
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(run=_eval)
+    return parser
+
+
+def _add_exporter_commands(sub, bench_module, FAMILY_NAMES) -> None:  # noqa: N803
+    """`export` and `bench`: only where the exporter (aigc_bridge_export) is installed."""
 
     exp = sub.add_parser("export", help="export a model (diffusers folder, hub id, .safetensors / .ckpt) or an "
                                         "upscaler (.pth) to an ONNX package")
@@ -289,13 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
                            description=bench_module.__doc__.splitlines()[0])
     bench_module.build_parser(bench)
     bench.set_defaults(run=_bench)
-
-    # Its own parser (aigc_bridge.evaluation.run) reads the rest, so numpy loads only when it runs.
-    evaluate = sub.add_parser("eval", add_help=False,
-                              help="evaluate a texture model: colour and pattern adherence, seams, diversity")
-    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
-    evaluate.set_defaults(run=_eval)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,6 +453,8 @@ def _generate_remote(args: argparse.Namespace, request) -> int:
         finally:
             for bar in bars:
                 bar.close()
+    for message in response.warnings:
+        print(f"aigc-bridge: warning: {message}", file=sys.stderr)
     for i, path in enumerate(output_paths(args.output, len(response.images))):
         image = response.images[i]
         named = [(path.with_suffix(".png"), "image", "srgb", image.data)]
@@ -484,7 +495,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     """Validate everything (file, targets, model limits) before loading anything slow, then run."""
     from .batch import BatchOptions, load_job_file, run_batch
-    from .batch.jobfile import output_filenames
+    from .batch.jobfile import input_problems, output_filenames
     from .batch.runner import describe
     from .batch.spec import JobFileError
 
@@ -519,6 +530,16 @@ def _batch(args: argparse.Namespace) -> int:
 
         find_scene_import()
         problems = check_targets(blend, list(job_file.jobs), args.blender)
+        if problems:
+            raise JobFileError(problems, args.jobs)
+    if args.check and input_problems(job_file.jobs):
+        raise JobFileError(input_problems(job_file.jobs), args.jobs)
+    if job_file.projects:
+        from .batch.blend import find_scene_import
+        from .batch.project import check_project_targets
+
+        find_scene_import()
+        problems = check_project_targets(list(job_file.projects), args.blender)
         if problems:
             raise JobFileError(problems, args.jobs)
     if args.check and args.model is None:

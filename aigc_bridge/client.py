@@ -32,6 +32,7 @@ import zmq
 
 from .errors import AigcError, Cancelled
 from .input_image import InputImage
+from .project_request import ProjectRequest
 from .protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -42,6 +43,7 @@ from .protocol import (
     ProtocolError,
     generate_content,
     new_id,
+    project_content,
 )
 from .request import IMAGE_FIELDS, ControlInput, GenerateRequest
 
@@ -58,6 +60,8 @@ __all__ = [
     "Progress",
     "as_input_image",
     "request_fields",
+    "ProjectJob",
+    "ProjectResponse",
     "ServerBusy",
     "ServerUnavailable",
 ]
@@ -238,6 +242,7 @@ class GenerateResponse:
     ignored_fields: tuple[str, ...]
     request_key: str
     server_session: str
+    warnings: tuple[str, ...] = ()  # what the engine noted: a prompt cut to its tokens, how an init was resized
 
     @property
     def seeds(self) -> list[int]:
@@ -262,7 +267,7 @@ class GenerateResponse:
                            model_id=img["model_id"], model_hash=img["model_hash"], provider=img["provider"])
             for img in c["images"])
         return cls(images, c["request"], c["composed_prompt"], tuple(c.get("ignored_fields", ())),
-                   msg.request_key or "", msg.session)
+                   msg.request_key or "", msg.session, tuple(c.get("warnings", ())))
 
 
 class JobCancelled(Cancelled):
@@ -579,6 +584,25 @@ class Client:
         """Generate ``request`` (a GenerateRequest, as the in-process engine takes it) on the server."""
         return self.generate(request.prompt, **kwargs, **request_fields(request))
 
+    def submit_project(self, request: ProjectRequest, *, request_key: str | None = None) -> ProjectJob:
+        """Send a project request (texture meshes from their shape; its arrays travel as binary frames) and
+        return at once; follow it like a generate (``poll``, ``wait``, ``cancel``: between views)."""
+        content, buffers = project_content(request)
+        call = _Call("project", content, request_key or new_id(), tuple(buffers))
+        self._send(call)
+        return ProjectJob(self, call)
+
+    def project(self, request: ProjectRequest, *, on_progress: Callable[[Progress], object] | None = None,
+                request_key: str | None = None) -> ProjectResponse:
+        """Texture and wait; ``on_progress`` (one event per view stage) returning False cancels."""
+        job = self.submit_project(request, request_key=request_key)
+        for item in self._follow(job):
+            if isinstance(item, ProjectResponse):
+                return item
+            if on_progress is not None and on_progress(item) is False:
+                job.cancel()
+        raise AssertionError("unreachable: _follow ends with a response or raises")
+
     def send(self, msg_type: str, content: dict | None = None) -> Pending:
         """Send any other request (status, list_models, ping, cancel, shutdown) without waiting: a UI
         can show the server's status from a timer with ``pending.poll()``."""
@@ -775,3 +799,45 @@ class Client:
         for call in self._pending.values():
             call.error = error
         self._pending.clear()
+
+
+# --- project: texture meshes from their shape ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BakedTexture:
+    mesh: str
+    data: bytes  # PNG, 8-bit sRGB, for the mesh's UV map
+    coverage: float  # share of the surface some view saw (the rest was filled)
+
+
+@dataclass(frozen=True)
+class ProjectResponse:
+    """A finished project: one texture per mesh, the per-view reports, warnings and how views were conditioned
+    (``mode``: controlnet, depth or text; ``mode_text`` says it for people)."""
+
+    textures: list[BakedTexture]
+    views: list[dict]
+    warnings: list[str]
+    mode: str
+    mode_text: str
+    timings: dict
+    model_id: str | None
+    request_key: str | None
+
+    @classmethod
+    def from_message(cls, msg: Message) -> ProjectResponse:
+        c = msg.content
+        textures = [BakedTexture(t["mesh"], msg.buffers[t["buffer"]], t["coverage"]) for t in c["textures"]]
+        return cls(textures, list(c["views"]), list(c.get("warnings", [])), c["mode"], c.get("mode_text", ""),
+                   dict(c.get("timings", {})), c.get("model_id"), msg.request_key)
+
+
+class ProjectJob(Job):
+    """A project submitted without blocking: as ``Job``, with a ``ProjectResponse`` as its result."""
+
+    @property
+    def result(self) -> ProjectResponse | None:  # type: ignore[override]
+        if self._result is None and self._call.reply is not None:
+            self._result = ProjectResponse.from_message(self._call.reply)
+        return self._result

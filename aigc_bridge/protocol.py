@@ -31,6 +31,7 @@ from typing import NoReturn
 
 from .errors import AigcError, InvalidRequest
 from .input_image import MAX_INPUT_BYTES, InputImage
+from .project_request import MAX_ARRAY_BYTES, MAX_CAMERAS, MAX_MESHES, ProjectRequest
 from .request import (
     IMAGE_FIELDS,
     MAX_CONTROLS,
@@ -107,7 +108,7 @@ MAX_MESSAGE_BYTES = 2 * 1024 * 1024 * 1024  # all frames together
 # libzmq's ZMQ_MAXMSGSIZE limits each frame (message part), not the multipart total: clients set it to
 # MAX_FRAME_BYTES; the server sets MAX_REQUEST_FRAME_BYTES: the content, or one input image (64 MiB).
 MAX_FRAME_BYTES = max(MAX_BUFFER_BYTES, MAX_CONTENT_BYTES)
-MAX_REQUEST_FRAME_BYTES = max(MAX_CONTENT_BYTES, MAX_INPUT_BYTES)
+MAX_REQUEST_FRAME_BYTES = max(MAX_CONTENT_BYTES, MAX_INPUT_BYTES, MAX_ARRAY_BYTES)  # and a project's mesh arrays
 MAX_ERROR_MESSAGE_CHARS = 4096
 MAX_IGNORED_FIELDS = 256  # unknown fields reported per message; more are dropped from the report
 _MAX_INT_DIGITS = 20  # JSON integer literals; bounds parse time and keeps ints within int64
@@ -125,11 +126,12 @@ REPLY_TO: dict[str, str] = {
     "list_models": "list_models_reply",
     "shutdown": "shutdown_reply",
     "ping": "ping_reply",
+    "project": "project_result",
 }
 REQUEST_TYPES = frozenset(REPLY_TO)
 REPLY_TYPES = frozenset(REPLY_TO.values()) | {"progress", "error"}
 MESSAGE_TYPES = REQUEST_TYPES | REPLY_TYPES
-_NEEDS_REQUEST_KEY = frozenset({"generate"})
+_NEEDS_REQUEST_KEY = frozenset({"generate", "project"})
 
 ERROR_CODES = (
     "malformed",  # frames, UTF-8, JSON or a reply's content are not what the spec says
@@ -191,7 +193,7 @@ class Message:
     content: dict
     buffers: tuple[bytes, ...] = ()
     ignored_fields: tuple[str, ...] = ()
-    request: GenerateRequest | None = None
+    request: GenerateRequest | ProjectRequest | None = None
 
     def __repr__(self) -> str:  # never dump megabytes of image data into a log line
         sizes = ", ".join(str(len(b)) for b in self.buffers)
@@ -958,7 +960,7 @@ _CONTENT: dict[str, _Spec] = {
         required={"images": _List(_IMAGE, MAX_COUNT, 1), "request": _Generate(),
                   "composed_prompt": _Obj({"prompt": _TEXT, "negative_prompt": _TEXT},
                                           {"truncated": _Bool()})},
-        optional=dict(_IGNORED),
+        optional={"warnings": _List(_Str(0, 1024), 32), **_IGNORED},
     ),
     "error": _Obj(
         required={"code": _Str(1, 64, _CODE_RE), "message": _Str(0, MAX_ERROR_MESSAGE_CHARS)},
@@ -994,6 +996,8 @@ def _check_content(
     request = None
     if msg_type == "generate":
         request = _generate_request(body, "", ctx, _input_images(body, descriptors, buffers, ctx))
+    elif msg_type == "project":
+        request = _project_request(body, descriptors, buffers, ctx)
     else:
         _CONTENT[msg_type].check(body, "", ctx)
     roles = [d["role"] for d in descriptors]
@@ -1011,6 +1015,10 @@ def _check_content(
                 raise ProtocolError("too_large", f"preview is {len(buffers[i])} bytes; the limit is "
                                     f"{MAX_PREVIEW_BYTES}", f"buffers[{i}]")
         ctx.ignored.extend(f"buffers[{i}]" for i, role in enumerate(roles) if role != "preview")
+    elif msg_type == "project":
+        pass  # _project_request used the array buffers and listed the others as ignored
+    elif msg_type == "project_result":
+        _check_project_result(body, roles, descriptors, ctx)
     elif msg_type == "result":
         refs = [image["buffer"] for image in body["images"]]
         for i, ref in enumerate(refs):
@@ -1051,3 +1059,65 @@ def _check_buffers(value: object, buffers: tuple[bytes, ...], ctx: _Ctx) -> list
         if magic is not None and desc["role"] != INPUT_ROLE and not data.startswith(magic):
             ctx.fail(f"buffers[{i}]", f"is not {desc['mime']} data (bad file signature)")
     return value
+
+
+# --- project: texture meshes from their shape (docs/protocol.md, "project") ---------------------------------
+# A project request carries its mesh arrays as buffers of role "array" (raw little-endian bytes); each mesh
+# names its positions, triangles and uvs as {"buffer": index, "dtype": ..., "shape": [...]}. The request's
+# fields and limits live in project_request.py; the geometry checks run in the sidecar before it queues.
+
+ARRAY_ROLE = "array"
+ARRAY_MIME = "application/octet-stream"
+TEXTURE_ROLE = "texture"
+
+_VIEW_REPORT = _Obj(
+    required={"name": _Str(0, 256), "generated": _Bool(), "repainted": _COUNT, "coverage": _Num(0.0, 1.0)},
+    optional={"generate_s": _SECONDS, "bake_s": _SECONDS},
+)
+_TEXTURE = _Obj(
+    required={"mesh": _NAME, "buffer": _Int(0, MAX_BUFFERS - 1), "coverage": _Num(0.0, 1.0)},
+    optional={"width": _Int(1, 4096), "height": _Int(1, 4096)},
+)
+_CONTENT["project_result"] = _Obj(
+    required={"textures": _List(_TEXTURE, MAX_MESHES, 1), "views": _List(_VIEW_REPORT, MAX_CAMERAS),
+              "mode": _IDENT},
+    optional={"mode_text": _Str(0, 1024), "warnings": _List(_Str(0, MAX_ERROR_MESSAGE_CHARS), 256),
+              "timings": _Map(32, _SECONDS), "model_id": _NAME, "model_hash": _HASH, **_IGNORED},
+)
+
+
+def _project_request(body: dict, descriptors: list[dict], buffers: tuple[bytes, ...], ctx: _Ctx) -> ProjectRequest:
+    arrays = {}
+    for i, desc in enumerate(descriptors):
+        if desc["role"] != ARRAY_ROLE:
+            ctx.ignored.append(f"buffers[{i}]")
+            continue
+        if desc["mime"] != ARRAY_MIME:
+            ctx.fail(f"buffers[{i}].mime", f"of an array must be {ARRAY_MIME}")
+        if len(buffers[i]) > MAX_ARRAY_BYTES:
+            raise ProtocolError("too_large", f"array buffer {i} is {len(buffers[i]):,} bytes; the limit is "
+                                f"{MAX_ARRAY_BYTES:,}", f"buffers[{i}]")
+        arrays[i] = buffers[i]
+    try:
+        request, unknown = ProjectRequest.from_dict(body, arrays)
+    except InvalidRequest as exc:
+        raise ProtocolError(ctx.code, exc.message, exc.field or "content") from None
+    ctx.ignored.extend(unknown)
+    return request
+
+
+def _check_project_result(body: dict, roles: list[str], descriptors: list[dict], ctx: _Ctx) -> None:
+    refs = [t["buffer"] for t in body["textures"]]
+    for i, ref in enumerate(refs):
+        if ref >= len(roles) or roles[ref] != TEXTURE_ROLE or descriptors[ref]["mime"] != "image/png":
+            ctx.fail(f"textures[{i}].buffer", f"must name a PNG buffer whose role is texture, got {ref}")
+    if len(set(refs)) != len(refs):
+        ctx.fail("textures", "must name each texture buffer once")
+    ctx.ignored.extend(f"buffers[{i}]" for i in range(len(roles)) if i not in set(refs))
+
+
+def project_content(request: ProjectRequest) -> tuple[dict, list[bytes]]:
+    """A project request's content (with its buffer descriptors) and its array buffers, ready to encode."""
+    content, buffers = request.to_wire()
+    content["buffers"] = [{"index": i, "mime": ARRAY_MIME, "role": ARRAY_ROLE} for i in range(len(buffers))]
+    return content, buffers

@@ -165,7 +165,7 @@ class GenerateRequest:
             raise InvalidRequest("a mask says which part of the init image to repaint: give init too", "mask")
         if self.mask is not None and (self.mask.width, self.mask.height) != (self.init.width, self.init.height):
             raise InvalidRequest(f"mask is {self.mask.width} x {self.mask.height} pixels; it must be the init's size, "
-                                 f"{self.init.width} x {self.init.height}", "mask")
+                                 f"{self.init.width} x {self.init.height} (a mask must have its init's size)", "mask")
         _check_int("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
         if not isinstance(self.keep_unmasked, bool):
             raise InvalidRequest(f"keep_unmasked must be true or false, got {self.keep_unmasked!r}", "keep_unmasked")

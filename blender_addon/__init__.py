@@ -5,15 +5,17 @@ Modules, one job each: ``properties`` (scene settings), ``preferences`` (which s
 N-panel), ``operators`` (the buttons), ``runner`` (the non-blocking timer loop), ``plans`` (scene -> requests,
 with prompts from ``aigc_bridge.prompts``), ``scene_data`` (bpy -> plain scene description),
 ``scene_import`` (images -> materials / World; no UI, the batch runner uses it too), ``connection`` and
-``launcher`` (reaching or starting a sidecar), ``messages`` (errors with their fix). ``build.py`` builds the
-extension zip and is not part of it.
+``launcher`` (reaching or starting a sidecar: the bundled runtime or a named environment), ``sidecar_boot``
+(the script the sidecar's own Python runs), ``history`` (generations recorded in the .blend), ``model_list``
+(the models folder), ``exporting`` (export in a background process), ``messages`` (errors with their fix).
+``build.py`` builds the extension zips and is not part of them.
 """
 
 import atexit
 
 import bpy
 
-from . import operators, panel, preferences, properties, runner
+from . import exporting, operators, panel, preferences, properties, runner
 
 _MODULES = (properties, preferences, operators, panel)
 
@@ -27,6 +29,7 @@ def _on_load_pre(*_args) -> None:
 def _on_exit() -> None:
     runner.reset()
     runner.stop_sidecar_process()  # a local sidecar holds GPU memory: never leave it behind
+    exporting.cancel()
 
 
 def register() -> None:

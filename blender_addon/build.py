@@ -1,169 +1,284 @@
-"""Build the installable extension zip: `make addon` (or `python blender_addon/build.py`).
+"""Build the installable extension zips: `make addon` (or `python blender_addon/build.py`).
 
-One command so nobody assembles wheels by hand: it downloads the pyzmq wheels for every platform and Python
-the manifest supports (pip download --only-binary, never a source build), builds our light client as a
-wheel (only the modules Blender needs), checks that the manifest's ``wheels`` list names exactly those
-files, then builds the zip and validates it with Blender's own extension builder, the one `blender
---command extension build` runs, found inside the installed ``bpy`` package (bl_pkg).
+One zip per platform and Blender line, each carrying the whole sidecar runtime as wheels, so an artist
+installs one file and presses Generate, with no Python environment of their own:
 
-Not part of the extension (the manifest excludes it); needs the dev venv (pip, setuptools, bpy).
+- Blender 4.2 - 5.0 (Python 3.11) and Blender 5.1+ (Python 3.13): ``blender4.2`` / ``blender5.1`` zips
+  (``blender_version_max`` / ``_min`` keep each in its line; one zip for both would carry every wheel twice);
+- per platform (Blender's own ``extension build --split-platforms``): onnxruntime (CPU on Linux, DirectML on
+  Windows, the Core ML build on macOS), tokenizers, pillow, openexr, pyzmq, and the aigc-bridge runtime (with
+  texture-mini) as our own wheel. numpy is Blender's.
+
+Wheels come from PyPI with `pip download --only-binary=:all: --no-deps --platform ... --python-version ...`
+(never a source build) into ``build/wheels`` (kept between runs: the only cache, inside the checkout); a
+wheel missing for a platform we claim stops the build with its name. The staged extension (``build/
+extension-*``, the add-on's files plus a manifest listing the wheels) goes through Blender's builder and
+every zip through Blender's ``extension validate``, both from the installed ``bpy`` (bl_pkg), in throwaway
+user folders. Nothing is written into ``blender_addon/``. Needs the dev venv (pip, setuptools, bpy).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
+import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-WHEELS = HERE / "wheels"
+BUILD = REPO / "build"
+CACHE = BUILD / "wheels"
 MANIFEST = HERE / "blender_manifest.toml"
-PYZMQ_VERSION = "27.3.0"  # the dev venv's pyzmq: the tests run against the same version
-# (pip --platform, --python-version): Blender 4.2-5.0 ship Python 3.11, Blender 5.1+ Python 3.13.
-PYZMQ_TARGETS = [(platform, python) for python in ("3.11", "3.13")
-                 for platform in ("manylinux_2_28_x86_64", "win_amd64", "macosx_11_0_arm64", "macosx_11_0_x86_64")]
-# The part of aigc_bridge the add-on imports (aigc_bridge.client and what it needs, and the composer).
-CLIENT_MODULES = ("__init__", "client", "protocol", "request", "input_image", "errors", "prompts")
-CLIENT_DIST = "aigc_bridge_client"
+# The add-on's own files that go into the zip (build.py itself does not).
+ADDON_FILES = tuple(sorted(p.name for p in HERE.glob("*.py") if p.name != "build.py"))
+
+
+@dataclass(frozen=True)
+class Line:
+    """A Blender line: its Python, and the Blender versions it covers (manifest bounds)."""
+
+    name: str
+    python: str
+    blender_min: str
+    blender_max: str | None  # exclusive, as the manifest's blender_version_max
+
+
+LINES = (Line("blender4.2", "3.11", "4.2.0", "5.1.0"), Line("blender5.1", "3.13", "5.1.0", None))
+
+# Blender platform -> pip platform tags (newest first; the manylinux baseline is Blender's glibc 2.28) and the
+# onnxruntime build for it. onnxruntime stopped publishing Intel-macOS wheels after 1.23.2: that platform
+# keeps the last one (opset 17 graphs, what our exporter writes, run on it).
+PLATFORMS = {
+    "linux-x64": (("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"),
+                  "onnxruntime==1.32.0"),
+    "windows-x64": (("win_amd64",), "onnxruntime-directml==1.24.4"),
+    "macos-arm64": (("macosx_14_0_arm64", "macosx_11_0_arm64", "macosx_10_15_universal2"), "onnxruntime==1.32.0"),
+    "macos-x64": (("macosx_13_0_x86_64", "macosx_10_15_x86_64", "macosx_10_9_x86_64", "macosx_10_15_universal2"),
+                  "onnxruntime==1.23.2"),
+}
+# Pinned to the dev venv's versions: the tests run the sidecar on the same ones.
+COMMON = ("pyzmq==27.3.0", "tokenizers==0.23.3", "pillow==13.0.0", "openexr==3.5.3")
+RUNTIME_DIST = "aigc_bridge"
+RUNTIME_EXCLUDE = ("__pycache__", "*.pyc")
 
 
 def log(message: str) -> None:
     print(f"[addon] {message}", flush=True)
 
 
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+def fail(message: str) -> None:
+    sys.exit(f"[addon] error: {message}")
+
+
+def run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
-        sys.exit(f"[addon] failed: {' '.join(cmd)}\n{result.stdout}{result.stderr}")
+        fail(f"{what}\n  {' '.join(cmd)}\n{result.stdout}{result.stderr}")
     return result
 
 
-def download_pyzmq(offline: bool) -> set[str]:
-    """pyzmq wheels for every target; files already in wheels/ are kept (pip never builds from source)."""
+def _dist(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "_", requirement.split("==")[0]).lower()
+
+
+def _wheel_dist(filename: str) -> str:
+    return re.sub(r"[-_.]+", "_", filename.split("-")[0]).lower()
+
+
+def download(platform: str, python: str, offline: bool) -> list[Path]:
+    """The wheels one platform and Python need, from build/wheels or PyPI; fails naming any missing one."""
+    tags, onnxruntime = PLATFORMS[platform]
+    requirements = (onnxruntime, *COMMON)
+    key = hashlib.sha256(json.dumps([platform, python, tags, requirements]).encode()).hexdigest()[:12]
+    record = CACHE / f"{platform}-py{python}-{key}.json"
+    if record.exists():
+        files = [CACHE / name for name in json.loads(record.read_text())]
+        if all(f.exists() for f in files):
+            return files
     if offline:
-        names = {p.name for p in WHEELS.glob(f"pyzmq-{PYZMQ_VERSION}-*.whl")}
-        log(f"pyzmq {PYZMQ_VERSION}: {len(names)} wheels already in {WHEELS.relative_to(REPO)} (offline)")
-        return names
-    names: set[str] = set()
-    for platform, python in PYZMQ_TARGETS:
-        with tempfile.TemporaryDirectory() as tmp:
-            run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
-                 "--no-deps", "--platform", platform, "--python-version", python,
-                 f"pyzmq=={PYZMQ_VERSION}", "-d", tmp])
-            for wheel in Path(tmp).glob("*.whl"):
-                names.add(wheel.name)
-                if not (WHEELS / wheel.name).exists():
-                    shutil.move(str(wheel), WHEELS / wheel.name)
-    log(f"pyzmq {PYZMQ_VERSION}: {len(names)} wheels for {len(PYZMQ_TARGETS)} platform/Python targets")
-    return names
+        fail(f"--offline, but build/wheels has no wheels for {platform}, Python {python}: run once online")
+    files: list[Path] = []
+    for requirement in requirements:
+        with tempfile.TemporaryDirectory(dir=BUILD) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-cache-dir",
+                   "--only-binary=:all:", "--no-deps", "--python-version", python, "--implementation", "cp",
+                   *[arg for tag in tags for arg in ("--platform", tag)], requirement, "-d", tmp]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if result.returncode != 0 or len(wheels) != 1:
+                detail = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
+                fail(f"no {requirement} wheel for {platform} (Python {python}, tags {', '.join(tags)}) on PyPI: "
+                     f"{detail}\n  Pin a version that has one in {Path(__file__).name} (PLATFORMS / COMMON), or "
+                     "stop claiming the platform.")
+            target = CACHE / wheels[0].name
+            if not target.exists():
+                shutil.move(str(wheels[0]), target)
+            files.append(target)
+    record.write_text(json.dumps([f.name for f in files]))
+    return files
 
 
-def check_client_imports(package: Path) -> None:
-    """Fail if a bundled module imports a sibling that is not bundled (it would break only inside Blender)."""
-    for name in CLIENT_MODULES:
-        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if (isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
-                    and node.module.split(".")[0] not in CLIENT_MODULES):
-                sys.exit(f"[addon] aigc_bridge/{name}.py imports .{node.module}, which the client wheel "
-                         f"does not bundle: add it to CLIENT_MODULES in {Path(__file__).name}")
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("aigc_bridge."):
-                sys.exit(f"[addon] aigc_bridge/{name}.py imports {node.module}: use a relative import")
-
-
-def build_client_wheel() -> str:
-    """`pip wheel --no-deps` of a staging project holding only CLIENT_MODULES, as aigc_bridge_client."""
+def build_runtime_wheel(out: Path) -> Path:
+    """The aigc-bridge runtime (everything under aigc_bridge/, with texture-mini; not the exporter) as
+    ``aigc_bridge-VERSION-py3-none-any.whl``: the sidecar runs from it, and the add-on imports its client."""
     import aigc_bridge
 
     version = aigc_bridge.__version__
-    stage = REPO / "build" / "client-wheel"
+    stage = BUILD / "runtime-wheel"
     shutil.rmtree(stage, ignore_errors=True)
-    (stage / "aigc_bridge").mkdir(parents=True)
-    check_client_imports(REPO / "aigc_bridge")
-    for name in CLIENT_MODULES:
-        shutil.copy2(REPO / "aigc_bridge" / f"{name}.py", stage / "aigc_bridge" / f"{name}.py")
+    stage.mkdir(parents=True)
+    shutil.copytree(REPO / "aigc_bridge", stage / "aigc_bridge", ignore=shutil.ignore_patterns(*RUNTIME_EXCLUDE))
     shutil.copy2(REPO / "LICENSE", stage / "LICENSE")
+    deps = ", ".join(f'"{_dist(r).replace("_", "-")}>={r.split("==")[1].split(".")[0]}"' for r in COMMON)
     (stage / "pyproject.toml").write_text(f"""[build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
 
 [project]
-name = "{CLIENT_DIST}"
+name = "{RUNTIME_DIST}"
 version = "{version}"
-description = "The light aigc-bridge sidecar client, bundled into the Blender extension"
+description = "The aigc-bridge runtime (sidecar, engine, client), bundled into the Blender extension"
 license = "GPL-3.0-or-later"
 license-files = ["LICENSE"]
 requires-python = ">=3.10"
-dependencies = ["pyzmq>=25"]
+dependencies = ["numpy", "onnxruntime", {deps}]
 
-[tool.setuptools]
-packages = ["aigc_bridge"]
+[tool.setuptools.packages.find]
+include = ["aigc_bridge*"]
+
+[tool.setuptools.package-data]
+"*" = ["**/*"]
 """, encoding="utf-8")
-    for old in WHEELS.glob(f"{CLIENT_DIST}-*.whl"):
+    for old in out.glob(f"{RUNTIME_DIST}-*.whl"):
         old.unlink()
     run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "-w", str(WHEELS), str(stage)])
-    shutil.rmtree(stage / "build", ignore_errors=True)
-    name = f"{CLIENT_DIST}-{version}-py3-none-any.whl"
-    if not (WHEELS / name).exists():
-        sys.exit(f"[addon] pip wheel did not produce {name}")
-    log(f"client wheel: {name} ({(WHEELS / name).stat().st_size // 1024} KiB, modules: "
-        f"{', '.join(CLIENT_MODULES)})")
-    return name
+         "--no-build-isolation", "-w", str(out), str(stage)], "pip wheel of the runtime failed")
+    wheel = out / f"{RUNTIME_DIST}-{version}-py3-none-any.whl"
+    if not wheel.exists():
+        fail(f"pip wheel did not produce {wheel.name}")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    for needed in ("aigc_bridge/cli.py", "aigc_bridge/models/texture-mini/model.json"):
+        if needed not in names:
+            fail(f"the runtime wheel lacks {needed}")
+    return wheel
 
 
-def check_manifest(names: set[str]) -> None:
-    """The manifest's list is the truth users install from: it must name exactly the built wheels."""
-    listed = {Path(p).name for p in tomllib.loads(MANIFEST.read_text(encoding="utf-8")).get("wheels", [])}
-    if listed != names:
-        lines = "\n".join(f'  "./wheels/{n}",' for n in sorted(names))
-        sys.exit(f"[addon] {MANIFEST.name} lists {sorted(listed - names) or 'nothing extra'} and misses "
-                 f"{sorted(names - listed) or 'nothing'}; set its wheels to:\nwheels = [\n{lines}\n]")
-    for stale in WHEELS.glob("*.whl"):
-        if stale.name not in names:
-            stale.unlink()
-            log(f"removed stale {stale.name}")
+def manifest_text(line: Line, wheels: list[str], platforms: list[str]) -> str:
+    """The source manifest with this line's Blender bounds, the platforms and the wheels it carries."""
+    text = MANIFEST.read_text(encoding="utf-8")
+    text = re.sub(r'^blender_version_min = ".*"$', f'blender_version_min = "{line.blender_min}"', text, flags=re.M)
+    if line.blender_max:
+        text = text.replace(f'blender_version_min = "{line.blender_min}"',
+                            f'blender_version_min = "{line.blender_min}"\n'
+                            f'blender_version_max = "{line.blender_max}"')
+    text = re.sub(r"^platforms = \[.*\]$", "platforms = [" + ", ".join(f'"{p}"' for p in platforms) + "]", text,
+                  flags=re.M)
+    listing = "wheels = [\n" + "".join(f'  "./wheels/{name}",\n' for name in sorted(wheels)) + "]\n\n"
+    return text.replace("[permissions]", listing + "[permissions]", 1)
 
 
-def blender_cli(args: list[str]) -> int:
-    """Run Blender's `extension` command (bl_pkg.cli_extension, with Blender's tag list) in a child bpy
-    process with throwaway user folders, so the build never touches the developer's Blender config."""
+def blender_cli(args: list[str]) -> subprocess.CompletedProcess:
+    """Blender's `extension` command (bl_pkg.cli_extension, with Blender's tag list) in a child bpy process
+    with throwaway user folders, so the build never touches the developer's Blender config."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "BLENDER_USER_RESOURCES": tmp, "MESA_SHADER_CACHE_DIR": tmp}
-        code = ("import sys, bpy, bl_pkg\n"
-                "sys.exit(bl_pkg.cli_extension(sys.argv[1:]) or 0)\n")
-        return subprocess.run([sys.executable, "-c", code, *args], env=env).returncode
+        code = "import sys, bpy, bl_pkg\nsys.exit(bl_pkg.cli_extension(sys.argv[1:]) or 0)\n"
+        return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+
+
+def zip_wheels(path: Path) -> tuple[list[str], list[str]]:
+    """The wheels a zip holds, and the ones its manifest lists for its platform."""
+    with zipfile.ZipFile(path) as z:
+        held = sorted(Path(n).name for n in z.namelist() if n.startswith("wheels/") and n.endswith(".whl"))
+        manifest = tomllib.loads(z.read("blender_manifest.toml").decode("utf-8"))
+    # a split zip keeps the source list in `wheels` and names its own in [build.generated]
+    listed = manifest.get("build", {}).get("generated", {}).get("wheels", manifest.get("wheels", []))
+    return held, sorted(Path(w).name for w in listed)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """The staged extension shares the cached wheels' disk space where the file system allows."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def build_line(line: Line, platforms: list[str], runtime: Path, out_dir: Path, offline: bool) -> list[dict]:
+    log(f"{line.name} (Python {line.python}): wheels for {', '.join(platforms)}")
+    expected: dict[str, set[str]] = {}
+    stage = BUILD / f"extension-{line.name}"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "wheels").mkdir(parents=True)
+    for name in ADDON_FILES:
+        shutil.copy2(HERE / name, stage / name)
+    shutil.copy2(runtime, stage / "wheels" / runtime.name)
+    for platform in platforms:
+        files = download(platform, line.python, offline)
+        expected[platform] = {runtime.name, *(f.name for f in files)}
+        for f in files:
+            if not (stage / "wheels" / f.name).exists():
+                _link_or_copy(f, stage / "wheels" / f.name)
+    names = sorted(p.name for p in (stage / "wheels").glob("*.whl"))
+    (stage / "blender_manifest.toml").write_text(manifest_text(line, names, platforms), encoding="utf-8")
+
+    manifest = tomllib.loads((stage / "blender_manifest.toml").read_text(encoding="utf-8"))
+    stem = f"{manifest['id']}-{manifest['version']}-{line.name}"
+    for old in out_dir.glob(f"{stem}-*.zip"):
+        old.unlink()
+    result = blender_cli(["build", "--split-platforms", "--source-dir", str(stage),
+                          "--output-filepath", str(out_dir / f"{stem}.zip")])
+    if result.returncode != 0:
+        fail(f"Blender's extension build refused {stage}:\n{result.stdout}{result.stderr}")
+    report = []
+    for platform in platforms:
+        path = out_dir / f"{stem}-{platform.replace('-', '_')}.zip"
+        if not path.exists():
+            fail(f"Blender's build made no {path.name}:\n{result.stdout}")
+        check = blender_cli(["validate", str(path)])
+        if check.returncode != 0:
+            fail(f"Blender's extension validate refused {path.name}:\n{check.stdout}{check.stderr}")
+        held, listed = zip_wheels(path)
+        if set(held) != expected[platform] or held != listed:
+            fail(f"{path.name} carries {held}, its manifest lists {listed}; expected {sorted(expected[platform])}")
+        dists = sorted(_wheel_dist(w) for w in held)
+        report.append({"zip": path.name, "platform": platform, "python": line.python, "bytes": path.stat().st_size,
+                       "wheels": held, "dists": dists})
+        log(f"  {path.name}: {path.stat().st_size / 1e6:.1f} MB, validated; {len(held)} wheels: {', '.join(dists)}")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=REPO / "dist", help="where the zip goes (dist/)")
-    parser.add_argument("--offline", action="store_true", help="use the wheels already in blender_addon/wheels")
+    parser.add_argument("--output-dir", type=Path, default=REPO / "dist", help="where the zips go (dist/)")
+    parser.add_argument("--platform", action="append", choices=sorted(PLATFORMS),
+                        help="build only these platforms (repeatable; default: all)")
+    parser.add_argument("--line", action="append", choices=[line.name for line in LINES],
+                        help="build only these Blender lines (repeatable; default: all)")
+    parser.add_argument("--offline", action="store_true", help="use only the wheels already in build/wheels")
     args = parser.parse_args(argv)
 
-    WHEELS.mkdir(exist_ok=True)
-    names = download_pyzmq(args.offline) | {build_client_wheel()}
-    check_manifest(names)
-    manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
+    CACHE.mkdir(parents=True, exist_ok=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    zip_path = args.output_dir / f"{manifest['id']}-{manifest['version']}.zip"
-    zip_path.unlink(missing_ok=True)
-    log(f"blender extension build -> {zip_path.relative_to(REPO) if zip_path.is_relative_to(REPO) else zip_path}")
-    if blender_cli(["build", "--source-dir", str(HERE), "--output-filepath", str(zip_path)]) != 0:
-        sys.exit("[addon] Blender's extension build failed (see above)")
-    log("blender extension validate")
-    if blender_cli(["validate", str(zip_path)]) != 0:
-        sys.exit("[addon] Blender's extension validate refused the zip (see above)")
-    log(f"ok: {zip_path} ({zip_path.stat().st_size // 1024} KiB); install it with Edit > Preferences > "
-        "Get Extensions > Install from Disk")
+    platforms = args.platform or list(PLATFORMS)
+    runtime = build_runtime_wheel(BUILD)
+    log(f"runtime wheel: {runtime.name} ({runtime.stat().st_size / 1e6:.1f} MB)")
+    report = [entry for line in LINES if not args.line or line.name in args.line
+              for entry in build_line(line, platforms, runtime, args.output_dir, args.offline)]
+    (args.output_dir / "extension-zips.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    log(f"ok: {len(report)} zips in {args.output_dir}; install one with Edit > Preferences > Get Extensions > "
+        "Install from Disk")
     return 0
 
 

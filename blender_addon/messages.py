@@ -30,6 +30,13 @@ _FIXES = {
                            "generated at the model's size and resized",
     "internal": "See the sidecar's log and report it",
     "sidecar_start": f"Check Python environment and Model folder ({PREFS})",
+    "no_runtime": "Install the extension zip made for this platform and Blender version, or set Python "
+                  f"environment ({PREFS}) to one with `pip install 'aigc-bridge[cpu]'` (or [gpu])",
+    "sidecar_model": f"Pick another model ({PREFS} > Models), or re-export this one with `aigc-bridge export`",
+    "models_folder": f"Choose an existing folder as Models folder ({PREFS}), or leave it empty",
+    "export": f"Set Python environment ({PREFS}) to one with `pip install 'aigc-bridge[export]'`, and check "
+              "the source (a diffusers folder or a hub id)",
+    "history": "Generate something first: every generation is recorded in the .blend",
     "invalid_scene": "Check the names and prompts in the AIGC panel",
     "invalid_template": "Fix the template in the AIGC panel's Templates section (or reset it)",
     "busy_here": "Wait for the running generation, or cancel it",

@@ -46,9 +46,16 @@ def _progress(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         col = layout.column()
         step = run.progress
         detail = f" step {step.step}/{step.total}" if step is not None and step.stage == "denoising" else (
+            f" view {min(step.step + 1, step.total)}/{step.total} {step.stage}"
+            if step is not None and run.task.kind == "shape" and step.stage not in (None, "queued") else
             f" {step.stage}" if step is not None and step.stage else "")
-        col.progress(factor=run.fraction, type="BAR",
-                     text=f"{run.task.label} ({run.index + 1}/{len(run.tasks)}){detail}")
+        if run.waiting:  # Generate started the local sidecar: it is loading the model
+            sidecar = state.sidecar
+            seconds = f", {sidecar.elapsed:.0f} s" if sidecar is not None else ""
+            col.progress(factor=0.0, type="BAR", text=f"Starting the local sidecar (loading the model{seconds})")
+        else:
+            col.progress(factor=run.fraction, type="BAR",
+                         text=f"{run.task.label} ({run.index + 1}/{len(run.tasks)}){detail}")
         col.operator("aigc.cancel", icon="CANCEL", text="Cancelling…" if run.cancelling else "Cancel")
     elif state.info:
         _wrapped(layout, context, state.info, icon="INFO")
@@ -82,6 +89,7 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     row.operator("aigc.refresh_status", text="", icon="FILE_REFRESH")
     if state.sidecar is not None:
         box.label(text=runner.sidecar_summary())
+    draw_model_picker(box, context)
     if state.status_error is not None:
         _wrapped(box, context, str(state.status_error), icon="ERROR")
     if state.error is not None:
@@ -125,7 +133,7 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     row = col.row(align=True)
     row.prop(settings, "seed_mode", expand=True)
     if settings.seed_mode == "FIXED":
-        col.prop(settings, "seed")
+        col.prop(settings, "seed_exact" if settings.seed_exact else "seed")
     row = col.row(align=True)
     row.prop(settings, "tiling")
     sub = row.row(align=True)
@@ -157,6 +165,67 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     col.operator("aigc.texture_selected", icon="TEXTURE")
     col.operator("aigc.generate_backdrop", icon="WORLD")
 
+    box = layout.box()
+    box.label(text="Texture from Shape", icon="MOD_UVPROJECT")
+    col = box.column(align=True)
+    col.prop(settings, "shape_cameras")
+    if settings.shape_cameras == "RING":
+        col.prop(settings, "shape_views")
+        col.prop(settings, "shape_elevation")
+        row = col.row(align=True)
+        row.prop(settings, "shape_top")
+        row.prop(settings, "shape_bottom")
+    col.prop(settings, "shape_view_size")
+    col.prop(settings, "shape_texture_size")
+    col.prop(settings, "shape_control_scale")
+    sub = box.column()
+    sub.scale_y = 1.4
+    sub.enabled = run is None
+    sub.operator("aigc.texture_from_shape", icon="MOD_UVPROJECT")
+    draw_history(layout, context, settings, run is None)
+
+
+def draw_model_picker(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """The model the local sidecar serves, and a menu to switch (Preferences list them)."""
+    from . import model_list, preferences
+
+    prefs = preferences.get()
+    if prefs.connection_mode != "LOCAL":
+        return
+    active = bpy.path.abspath(prefs.model_dir).rstrip("/\\")
+    name = next((m.name for m in model_list.scan(bpy.path.abspath(prefs.models_folder)).models
+                 if m.path.rstrip("/\\") == active), active or "texture-mini")
+    layout.menu("AIGC_MT_models", text=f"Model: {name}", icon="FILE_3D")
+
+
+def draw_history(layout: bpy.types.UILayout, context: bpy.types.Context, settings, idle: bool) -> None:
+    """The generations recorded in the .blend, newest last, with Recall, Re-run and Use Seed."""
+    layout.prop(settings, "show_history", icon="TRIA_DOWN" if settings.show_history else "TRIA_RIGHT",
+                text=f"History ({len(settings.history)})")
+    if not settings.show_history or not settings.history:
+        return
+    box = layout.box()
+    box.template_list("AIGC_UL_history", "", settings, "history", settings, "history_index", rows=4)
+    entry = settings.history[settings.history_index] if settings.history_index < len(settings.history) else None
+    if entry is None:
+        return
+    _wrapped(box, context, f"“{entry.prompt}”", icon="TEXT")
+    size = f"{entry.width} x {entry.height}" + (f" → {entry.target_size}" if entry.target_size else "")
+    box.label(text=f"seed {entry.seed} · {entry.steps} steps · {size} · {entry.model}")
+    row = box.row(align=True)
+    row.enabled = idle
+    row.operator("aigc.history_recall", icon="RECOVER_LAST")
+    row.operator("aigc.history_rerun", icon="FILE_REFRESH")
+    row.operator("aigc.history_use_seed", icon="DECORATE_KEYFRAME")
+
+
+class AIGC_UL_history(bpy.types.UIList):
+    """One line per generation: number, target, seed, model."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0) -> None:
+        label = f"#{item.number} {item.target if item.task_kind == 'texture' else 'backdrop'}"
+        layout.label(text=f"{label} · seed {item.seed} · {item.model}", icon="IMAGE_DATA")
+
 
 class VIEW3D_PT_aigc(bpy.types.Panel):
     bl_space_type = "VIEW_3D"
@@ -178,6 +247,6 @@ class IMAGE_PT_aigc(bpy.types.Panel):
         draw_image_panel(self.layout, context)
 
 
-CLASSES = (VIEW3D_PT_aigc, IMAGE_PT_aigc)
+CLASSES = (AIGC_UL_history, VIEW3D_PT_aigc, IMAGE_PT_aigc)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -3,6 +3,7 @@ fields), with prompts from the shared composer. Reading only; nothing here talks
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import bpy
@@ -15,16 +16,19 @@ from .scene_import import TEXTURE_FOLDER
 
 TEXTURE, BACKDROP = "texture", "backdrop"
 RESTYLE, TILEABLE = "restyle", "tileable"  # an existing image as the init (image_edits)
+SHAPE = "shape"  # Texture from Shape: one project request for the selection (shape.py)
 
 
 @dataclass
 class Task:
-    """One generate request and where its image goes (an object's name, or the scene's for a backdrop)."""
+    """One generate request and where its image goes (an object's name, or the scene's for a backdrop); for
+    SHAPE, ``fields`` holds the project request and the objects' UV maps."""
 
     kind: str
     target: str
     prompt: str
     fields: dict = field(default_factory=dict)
+    snapshot: str = ""         # the panel's settings (JSON) when it was planned: what Recall puts back
     job: object | None = None  # the client's Job once sent
     node: tuple[str, str] | None = None  # Restyle: (material, Image Texture node) the init came from
 
@@ -43,8 +47,25 @@ class ImportOptions:
     backdrop_target: str = "WORLD"
 
 
+# The panel settings a generation used (history keeps them; Recall writes them back, with the seed fixed).
+PANEL_FIELDS = ("style", "world_description", "object_template", "world_template", "negative_prompt", "size_mode",
+                "texture_size", "backdrop_size", "width", "height", "backdrop_width", "backdrop_height", "steps",
+                "tiling", "pbr_maps", "tile_repeat", "backdrop_target")
+
+
+def panel_snapshot(scene: bpy.types.Scene, obj: bpy.types.Object | None = None) -> str:
+    """The panel's settings now (and the object's own description), as JSON."""
+    settings = scene.aigc
+    snapshot = {name: getattr(settings, name) for name in PANEL_FIELDS}
+    if obj is not None:
+        snapshot["object_prompt"] = obj.get(scene_data.PROMPT_PROPERTY)
+    return json.dumps(snapshot)
+
+
 def _seed(settings) -> int | None:
-    return settings.seed if settings.seed_mode == "FIXED" else None  # None: the sidecar picks, and says which
+    if settings.seed_mode != "FIXED":
+        return None  # the sidecar picks, and says which
+    return int(settings.seed_exact) if settings.seed_exact.strip() else settings.seed
 
 
 def size_fields(settings, kind: str) -> dict:
@@ -66,7 +87,7 @@ def texture_tasks(scene: bpy.types.Scene, objects: list[bpy.types.Object]) -> li
               "seed": _seed(settings), "tile": "both" if settings.tiling else "none", "kind": TEXTURE,
               "negative_prompt": settings.negative_prompt, "pbr": settings.pbr_maps}
     return [Task(TEXTURE, obj.name, compose_object_prompt(description, item, settings.object_template),
-                 dict(fields))
+                 dict(fields), panel_snapshot(scene, obj))
             for obj, item in zip(objects, description["objects"])]
 
 
@@ -79,7 +100,7 @@ def backdrop_task(scene: bpy.types.Scene) -> Task:
     return Task(BACKDROP, scene.name, prompt, {
         **size_fields(settings, BACKDROP), "steps": settings.steps or None,
         "seed": _seed(settings), "tile": "x" if world else "none", "kind": BACKDROP if world else TEXTURE,
-        "negative_prompt": settings.negative_prompt})
+        "negative_prompt": settings.negative_prompt}, panel_snapshot(scene))
 
 
 def import_options(scene: bpy.types.Scene) -> ImportOptions:

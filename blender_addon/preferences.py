@@ -1,12 +1,13 @@
-"""Add-on preferences: which sidecar (a local one by default, or an endpoint with keys) and how to start a
-local one from a Python environment that has aigc-bridge[gpu]."""
+"""Add-on preferences: which sidecar (a local one by default, or an endpoint with keys), how to start a
+local one (the runtime bundled with the extension, or a Python environment the user names), the models it
+can serve (a models folder, plus texture-mini) and exporting a model into that folder."""
 
 import os
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
-from . import connection
+from . import connection, model_list
 
 ADDON = __package__
 
@@ -32,10 +33,19 @@ class AIGC_Preferences(bpy.types.AddonPreferences):
     timeout_s: FloatProperty(name="Timeout", default=10.0, min=0.5, max=600.0, unit="TIME_ABSOLUTE",
                              description="Seconds of silence after which the sidecar counts as gone")
     python_env: StringProperty(name="Python environment", subtype="DIR_PATH", default="",
-                               description="Folder of a Python environment with aigc-bridge[gpu] installed")
-    model_dir: StringProperty(name="Model folder", subtype="DIR_PATH", default="",
-                              description="A model package made by `aigc-bridge export` (empty: the default "
-                              "model, texture-mini or $AIGC_BRIDGE_MODEL)")
+                               description="Empty: the runtime bundled with the extension, on Blender's own "
+                               "Python. Or the folder of a Python environment with aigc-bridge installed (e.g. "
+                               "aigc-bridge[gpu] for CUDA)")
+    model_dir: StringProperty(name="Model", subtype="DIR_PATH", default="",
+                              description="The model package the local sidecar serves (empty: the default model, "
+                              "texture-mini or $AIGC_BRIDGE_MODEL); pick one from the Models list")
+    models_folder: StringProperty(name="Models folder", subtype="DIR_PATH", default="",
+                                  description="A folder of model packages (each made by `aigc-bridge export`): "
+                                  "they are listed here and in the panel")
+    export_source: StringProperty(name="Source", default="",
+                                  description="A diffusers folder or a Hugging Face hub id to export")
+    export_name: StringProperty(name="Name", default="",
+                                description="The new package's folder name in the models folder")
     provider: EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "Best available"), ("cuda", "CUDA", "NVIDIA GPU"), ("dml", "DirectML", "Windows GPU"),
         ("coreml", "Core ML", "Apple"), ("cpu", "CPU", "Slow, always works")])
@@ -53,12 +63,15 @@ class AIGC_Preferences(bpy.types.AddonPreferences):
             box = layout.box()
             box.label(text="Local sidecar", icon="CONSOLE")
             box.prop(self, "python_env")
-            box.prop(self, "model_dir")
+            if not self.python_env.strip():
+                box.label(text="Runtime: bundled with the extension (Blender's Python, isolated)", icon="PACKAGE")
             box.prop(self, "provider")
             row = box.row()
             row.operator("aigc.start_sidecar", icon="PLAY")
             row.operator("aigc.stop_sidecar", icon="PAUSE")
             box.label(text=runner.sidecar_summary())
+            draw_models(self, box.box())
+            draw_export(self, box.box())
             layout.prop(self, "connection_file")
         else:
             layout.prop(self, "endpoint")
@@ -67,6 +80,47 @@ class AIGC_Preferences(bpy.types.AddonPreferences):
             layout.prop(self, "client_key_file")
         layout.prop(self, "timeout_s")
         layout.prop(self, "force_timer")
+
+
+def draw_models(prefs: AIGC_Preferences, box: bpy.types.UILayout) -> None:
+    """The models folder and what it holds, each with a button to serve it."""
+    box.label(text="Models", icon="FILE_3D")
+    row = box.row(align=True)
+    row.prop(prefs, "models_folder")
+    row.operator("aigc.refresh_models", text="", icon="FILE_REFRESH")
+    listing = model_list.scan(bpy.path.abspath(prefs.models_folder))
+    if listing.error is not None:
+        col = box.column(align=True)
+        col.alert = True
+        col.label(text=listing.error.text, icon="ERROR")
+        col.label(text=f"Fix: {listing.error.fix}.", icon="INFO")
+    active = bpy.path.abspath(prefs.model_dir).rstrip("/\\")
+    for info in listing.models:
+        row = box.row()
+        chosen = info.path.rstrip("/\\") == active
+        row.label(text=info.summary, icon="CHECKMARK" if chosen else ("ERROR" if info.problem else "BLANK1"))
+        sub = row.row()
+        sub.enabled = not chosen
+        op = sub.operator("aigc.use_model", text="Use")
+        op.path = info.path
+
+
+def draw_export(prefs: AIGC_Preferences, box: bpy.types.UILayout) -> None:
+    """Export a diffusers folder or hub id into the models folder, in a background process."""
+    from . import exporting
+
+    box.label(text="Export a model into the models folder (needs Python environment with aigc-bridge[export])",
+              icon="EXPORT")
+    box.prop(prefs, "export_source")
+    box.prop(prefs, "export_name")
+    job = exporting.STATE.job
+    if job is not None and job.running:
+        box.progress(factor=job.fraction, type="BAR", text=job.line or "Exporting…")
+        box.operator("aigc.cancel_export", icon="CANCEL")
+    else:
+        box.operator("aigc.export_model", icon="EXPORT")
+        if exporting.STATE.message:
+            box.label(text=exporting.STATE.message, icon="ERROR" if exporting.STATE.failed else "INFO")
 
 
 def get() -> AIGC_Preferences:

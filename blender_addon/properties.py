@@ -13,6 +13,34 @@ _OUTPUT_SIZES = [("NATIVE", "As generated", "No resizing")] + [
     (str(n), f"{n} px", f"Resize to {n} px wide") for n in (256, 512, 1024, 2048, 4096)]
 
 
+def _seed_changed(settings, _context) -> None:
+    settings.seed_exact = ""  # a seed typed in replaces one recalled from the history
+
+
+class AIGC_HistoryItem(bpy.types.PropertyGroup):
+    """One generation (``history``): what was asked, with what, and the image it gave."""
+
+    number: IntProperty(name="Number")
+    created: StringProperty(name="Created")
+    task_kind: StringProperty(name="Task")           # texture / backdrop
+    target: StringProperty(name="Target")            # the object, or the scene for a backdrop
+    backdrop_target: StringProperty(name="Backdrop", default="WORLD")
+    prompt: StringProperty(name="Prompt")
+    negative_prompt: StringProperty(name="Negative")
+    seed: StringProperty(name="Seed")                # text: seeds go up to 2**53
+    steps: IntProperty(name="Steps")
+    model: StringProperty(name="Model")
+    model_hash: StringProperty(name="Model hash")
+    width: IntProperty(name="Width")
+    height: IntProperty(name="Height")
+    target_size: IntProperty(name="Output size")
+    tile: StringProperty(name="Tiling")
+    kind: StringProperty(name="Kind")
+    request: StringProperty(name="Request")          # JSON: prompt and fields as sent (Re-run)
+    panel: StringProperty(name="Panel")              # JSON: the panel's settings then (Recall)
+    image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image)
+
+
 class AIGC_SceneSettings(bpy.types.PropertyGroup):
     style: StringProperty(name="Style", description="The look of the whole scene, added to every prompt",
                           default="")
@@ -49,7 +77,10 @@ class AIGC_SceneSettings(bpy.types.PropertyGroup):
     seed_mode: EnumProperty(name="Seed", default="RANDOM", items=[
         ("RANDOM", "Random", "A new seed every run (the one used is stored with the result)"),
         ("FIXED", "Fixed", "The same seed every run, to repeat or vary a result deliberately")])
-    seed: IntProperty(name="Seed", default=0, min=0, description="The seed when Seed is Fixed")
+    seed: IntProperty(name="Seed", default=0, min=0, description="The seed when Seed is Fixed",
+                      update=_seed_changed)
+    seed_exact: StringProperty(name="Seed", default="",
+                               description="A recalled seed too large for the Seed field (used when set)")
     tiling: BoolProperty(name="Tiling", default=True,
                          description="Seamless textures that repeat without visible edges")
     pbr_maps: BoolProperty(name="PBR maps", default=True,
@@ -74,9 +105,30 @@ class AIGC_SceneSettings(bpy.types.PropertyGroup):
         ("PACK", "Pack into .blend", "Keep generated images inside the .blend file"),
         ("BESIDE", "Save beside .blend", "Write PNGs to an aigc_textures folder next to the saved .blend")])
     show_templates: BoolProperty(name="Templates", default=False)
+    history: bpy.props.CollectionProperty(type=AIGC_HistoryItem)
+    history_index: IntProperty(name="History", default=0, min=0)
+    history_counter: IntProperty(default=0)
+    show_history: BoolProperty(name="History", default=True)
+    # Texture from Shape (multi-view projection into the objects' own UV maps)
+    shape_cameras: EnumProperty(name="Views", default="RING", items=[
+        ("RING", "Ring", "Cameras on a ring around the selected objects, plus top / bottom"),
+        ("SCENE", "Scene cameras", "Every camera of the scene, in name order")])
+    shape_views: IntProperty(name="Views", default=8, min=1, max=64,
+                             description="Cameras on the ring around the objects")
+    shape_elevation: FloatProperty(name="Elevation", default=15.0, min=-89.0, max=89.0,
+                                   description="Degrees above the horizon of the ring's cameras")
+    shape_top: BoolProperty(name="Top", default=True, description="Add a view from straight above")
+    shape_bottom: BoolProperty(name="Bottom", default=False, description="Add a view from straight below")
+    shape_view_size: IntProperty(name="View Size", default=128, min=16, max=2048, step=32, subtype="PIXEL",
+                                 description="Pixels per view (each view is generated at this size)")
+    shape_texture_size: EnumProperty(name="Texture Size", default="1024", items=[
+        (str(n), f"{n} px", f"Bake into a {n} x {n} texture") for n in (256, 512, 1024, 2048, 4096)])
+    shape_control_scale: FloatProperty(name="ControlNet Strength", default=1.0, min=0.0, max=2.0,
+                                       description="How strongly the depth ControlNet makes views follow the "
+                                                   "shape (models that have one)")
 
 
-CLASSES = (AIGC_SceneSettings,)
+CLASSES = (AIGC_HistoryItem, AIGC_SceneSettings)
 
 
 def register() -> None:

@@ -14,15 +14,16 @@ sidecar this Blender started, and how long the longest ``tick`` took (the panel 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import bpy
 
 from aigc_bridge.client import Client, GeneratedImage, GenerateResponse, Job, Pending, Progress
 
-from . import image_edits, launcher, scene_import
+from . import exporting, history, image_edits, launcher, scene_import
 from .messages import UserMessage, describe, message
-from .plans import BACKDROP, RESTYLE, TEXTURE, TILEABLE, ImportOptions, Task
+from .plans import BACKDROP, RESTYLE, SHAPE, TEXTURE, TILEABLE, ImportOptions, Task
 
 POLL_S = 0.1        # how often the timer looks at the socket while a job runs
 SIDECAR_POLL_S = 0.25
@@ -34,10 +35,11 @@ class Run:
 
     title: str
     scene: str
-    client: Client
+    client: Client | None  # None: waiting for the local sidecar started for this run, then ``connect()``
     endpoint: str
     tasks: list[Task]
     options: ImportOptions
+    connect: Callable[[], Client] | None = None
     index: int = 0
     cancelling: bool = False
     progress: Progress | None = None
@@ -47,6 +49,15 @@ class Run:
     @property
     def task(self) -> Task:
         return self.tasks[self.index]
+
+    @property
+    def waiting(self) -> bool:
+        """Still waiting for the local sidecar (started by this run) to load its model."""
+        return self.client is None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
 
     @property
     def fraction(self) -> float:
@@ -81,10 +92,11 @@ def start(run: Run, *, blocking: bool) -> None:
     """Begin ``run``: blocking (scripts, background mode) returns when it is over; otherwise the timer
     takes over and this returns at once."""
     if STATE.run is not None:
-        run.client.close()
+        run.close()
         raise RuntimeError("a run is already in progress")
     STATE.run, STATE.error = run, None
-    STATE.info = f"{run.title}: sending {len(run.tasks)} request{'s' * (len(run.tasks) > 1)}"
+    STATE.info = (f"{run.title}: starting the local sidecar" if run.waiting else
+                  f"{run.title}: sending {len(run.tasks)} request{'s' * (len(run.tasks) > 1)}")
     _follow(blocking)
 
 
@@ -94,7 +106,7 @@ def cancel() -> None:
     if run is None:
         return
     run.cancelling = True
-    job = run.task.job
+    job = run.task.job if not run.waiting else None
     if job is None or job.done:
         _finish(run, info="Cancelled.")
     else:
@@ -107,7 +119,7 @@ def reset() -> None:
     run = STATE.run
     if run is not None:
         cancel()
-        if STATE.run is not None:
+        if STATE.run is not None and run.client is not None:
             run.client.poll(0.05)  # let the cancel leave before the socket closes (linger 0 drops it)
             _finish(run, info="Cancelled.")
     if STATE.status_call is not None:
@@ -129,7 +141,7 @@ def tick() -> float | None:
     None when idle. Safe to call at any time, from the timer or a test loop."""
     started = time.perf_counter()
     delays = []
-    for advance in (_advance_run, _advance_status, _advance_sidecar):
+    for advance in (_advance_run, _advance_status, _advance_sidecar, exporting.advance):
         try:
             delays.append(advance())
         except Exception as exc:  # never into Blender's timer loop: a message in the panel instead
@@ -186,9 +198,22 @@ def _advance_run() -> float | None:
 
 
 def _advance(run: Run) -> float | None:
+    if run.waiting:
+        sidecar = STATE.sidecar
+        state = sidecar.poll() if sidecar is not None else launcher.FAILED
+        if state == launcher.STARTING:
+            STATE.info = f"{run.title}: starting the local sidecar (loading the model, {sidecar.elapsed:.0f} s)"
+            return SIDECAR_POLL_S
+        if state != launcher.READY:
+            raise launcher.LauncherError(
+                sidecar.error if sidecar is not None and sidecar.error is not None
+                else message("sidecar_start", "The local sidecar stopped before it was ready"))
+        run.client = run.connect()
+        run.endpoint = run.client.endpoint
     task = run.task
     if task.job is None:
-        task.job = run.client.submit(task.prompt, **task.fields)
+        task.job = (run.client.submit_project(task.fields["request"]) if task.kind == SHAPE
+                    else run.client.submit(task.prompt, **task.fields))
         STATE.info = f"{run.title}: {task.label}"
         return POLL_S
     job = task.job
@@ -218,13 +243,13 @@ def _finish(run: Run, *, error: UserMessage | None = None, info: str = "") -> No
         STATE.run = None
     STATE.error = error if error is not None and error.code != "cancelled" else None
     STATE.info = "Cancelled." if error is not None and error.code == "cancelled" else info
-    if error is None and not run.cancelling and STATE.status_call is None:
+    if error is None and not run.cancelling and STATE.status_call is None and run.client is not None:
         try:  # the sidecar just answered: refresh the panel's status line through the same client
             STATE.status_call = (run.client, run.client.send("status"))
             return
         except Exception:
             pass
-    run.client.close()
+    run.close()
     if STATE.error is not None:
         print(f"AIGC Bridge: {STATE.error}")
         _notify(STATE.error)
@@ -255,7 +280,7 @@ def _fail(exc: BaseException) -> None:
     """A failure outside a run's own handling (a bug of ours): shown, and the run ended."""
     STATE.error = describe(exc)
     if STATE.run is not None:
-        STATE.run.client.close()
+        STATE.run.close()
         STATE.run = None
 
 
@@ -280,7 +305,31 @@ def result_info(response: GenerateResponse, image: GeneratedImage) -> dict:
             "request_key": response.request_key}
 
 
+def _apply_shape(run: Run, task: Task, job: Job) -> None:
+    """Baked textures onto their objects (only now, so a cancelled or failed run changed no material)."""
+    response = job.result
+    uv_maps = task.fields["uv_maps"]
+    request = task.fields["request"]
+    info = {"prompt": task.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
+            "model": response.model_id, "steps": request.steps, "request_key": response.request_key}
+    done = []
+    for texture in response.textures:
+        obj = bpy.data.objects.get(texture.mesh)
+        if obj is None or obj.type != "MESH":
+            run.skipped.append(texture.mesh)
+            continue
+        scene_import.apply_baked_texture(obj, texture.data, uv_maps[texture.mesh], info, pack=run.options.pack,
+                                         directory=run.options.directory)
+        done.append(f"{texture.mesh} {texture.coverage:.0%} seen")
+    notes = [*task.fields.get("notes", ()), *response.warnings]
+    run.results.append(f"{', '.join(done)}; {len(response.views)} views; {response.mode_text}"
+                       + (f"; {'; '.join(notes)}" if notes else ""))
+
+
 def _apply(run: Run, task: Task, job: Job) -> None:
+    if task.kind == SHAPE:
+        _apply_shape(run, task, job)
+        return
     image = job.result.images[0]
     info = result_info(job.result, image)
     options = run.options
@@ -312,6 +361,9 @@ def _apply(run: Run, task: Task, job: Job) -> None:
                                                               directory=options.directory) is None:
         run.skipped.append(task.target)
         return
+    scene = bpy.data.scenes.get(run.scene)
+    if scene is not None and task.kind in (TEXTURE, BACKDROP):  # image edits carry their source image: not kept
+        history.record(scene, task, image.data, info, options.backdrop_target)
     run.results.append(f"{task.label} seed {image.seed}")
 
 
@@ -398,7 +450,7 @@ def sidecar_summary() -> str:
     if state == launcher.READY:
         return f"Local sidecar: running on {sidecar.endpoint} (pid {sidecar.proc.pid})"
     if state == launcher.STARTING:
-        return f"Local sidecar: starting ({time.monotonic() - sidecar.started_at:.0f} s)…"
+        return f"Local sidecar: starting ({sidecar.elapsed:.0f} s)…"
     return f"Local sidecar: {state}"
 
 

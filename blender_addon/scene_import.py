@@ -32,8 +32,8 @@ PLANE_NAME = "AIGC Backdrop"
 _INFO_KEYS = ("prompt", "negative_prompt", "seed", "model", "model_hash", "provider", "steps", "width",
               "height", "target_size", "tile", "kind", "request_key")
 
-__all__ = ["COLOUR_SPACES", "apply_texture_set", "ensure_uvs", "image_from_bytes", "set_backdrop_plane",
-           "set_world_backdrop", "store_info"]
+__all__ = ["COLOUR_SPACES", "apply_baked_texture", "apply_texture_set", "ensure_uvs", "image_from_bytes",
+           "set_backdrop_plane", "set_world_backdrop", "store_info"]
 
 
 # --- images --------------------------------------------------------------------------------------------
@@ -236,6 +236,27 @@ def apply_texture_set(obj: bpy.types.Object, maps: Mapping[str, bytes], info: Ma
     store_info(material, info)
     material["aigc_maps"] = ",".join(sorted(n.name[5:] for n in nodes if n.name.startswith("AIGC ")
                                             and n.bl_idname == "ShaderNodeTexImage"))
+    return material
+
+
+def apply_baked_texture(obj: bpy.types.Object, png: bytes, uv_map: str, info: Mapping | None = None, *,
+                        pack: bool = True, directory: str | None = None) -> bpy.types.Material:
+    """A texture baked for ``obj``'s own UV map ("Texture from Shape"): the generated material (replaced on
+    a re-run, never stacked) with the image read through a UV Map node naming ``uv_map``, so it stays on
+    the map it was baked for when the object has several (glTF export carries it as baseColorTexture)."""
+    material = apply_texture_set(obj, {ALBEDO: png}, info, pack=pack, directory=directory)
+    tree = material.node_tree
+    coords = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeTexCoord")
+    uv_node = tree.nodes.new("ShaderNodeUVMap")
+    uv_node.name = "AIGC UV Map"
+    uv_node.uv_map = uv_map
+    uv_node.location = coords.location
+    image_node = tree.nodes[f"AIGC {ALBEDO}"]
+    image_node.extension = "EXTEND"  # a baked map does not repeat: its padded gutter is the border
+    tree.links.new(uv_node.outputs["UV"], image_node.inputs["Vector"])
+    tree.nodes.remove(coords)
+    material["aigc_uv_map"] = uv_map
+    material["aigc_baked"] = True
     return material
 
 

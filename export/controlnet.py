@@ -322,9 +322,9 @@ def add_controlnet(package_dir: str | Path, source: str, name: str | None = None
     moved: list[Path] = []
     tmp = root / f".{MANIFEST_NAME}.{name}.tmp"
     try:
-        graphs = []
+        graphs, linked = [], set()
         if base_sig is None:
-            control_graph = _base_control_graph(base, manifest, root, staging, dims, fp16, optimize, log)
+            control_graph, linked = _base_control_graph(base, manifest, root, staging, dims, fp16, optimize, log)
             base_sig = manifest["unet"]["control"]["signature"]
             graphs.append(control_graph)
         check_fits(sig, source, base_sig, label)
@@ -332,7 +332,7 @@ def add_controlnet(package_dir: str | Path, source: str, name: str | None = None
         graph, spec = controlnet_graph(_Graph, name, model, dims, tiles)
         export_graphs([graph], staging, fp16, optimize, log)
         graphs.append(graph)
-        new_files = sorted(p.name for p in staging.iterdir() if not p.is_symlink())
+        new_files = sorted(p.name for p in staging.iterdir() if p.name not in linked)
         clash = [f for f in new_files if f in manifest["files"]]
         if clash:
             raise ExportError(f"{label} already lists {', '.join(clash)}", "name")
@@ -362,10 +362,14 @@ def add_controlnet(package_dir: str | Path, source: str, name: str | None = None
 
 
 def _base_control_graph(base: str, manifest: dict, root: Path, staging: Path, dims: GraphDims, fp16: bool,
-                        optimize: str, log: Callable[[str], None]):
+                        optimize: str, log: Callable[[str], None]) -> tuple:
     """The residual-input UNet exported from ``base`` into ``staging``, its tensors pointing into the package's
-    ``unet.weights`` (linked into ``staging`` read-only for the checks); fails unless, with zero residuals, it
+    ``unet.weights`` (hard-linked into ``staging``, only read, for the checks: onnxruntime refuses weights outside
+    a graph's folder, symbolic links included); fails unless, with zero residuals, it
     gives what the package's own UNet gives (the base is the model the package was exported from)."""
+    import os
+    import shutil
+
     import numpy as np
 
     from aigc_bridge.engine.providers import import_onnxruntime
@@ -380,8 +384,12 @@ def _base_control_graph(base: str, manifest: dict, root: Path, staging: Path, di
     graph.weights = "unet.control"  # new tensors (none, for the right base) go here; never into unet.weights
     plain = root / manifest["unet"]["graphs"]["none"]
     known = index_weights(plain)
-    for location in {loc for loc, _, _ in known.values()}:
-        (staging / location).symlink_to((root / location).resolve())
+    linked = {loc for loc, _, _ in known.values()}
+    for location in linked:
+        try:
+            os.link(root / location, staging / location)
+        except OSError:  # another file system, or no hard links: a copy
+            shutil.copyfile(root / location, staging / location)
     export_graphs([graph], staging, fp16, optimize, log, known=known)
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -405,4 +413,4 @@ def _base_control_graph(base: str, manifest: dict, root: Path, staging: Path, di
         extra.unlink()  # every tensor was the package's own
     manifest["unet"]["control"] = {"graphs": dict(graph.files), "residuals": layout,
                                    "signature": signature(pipe.unet)}
-    return graph
+    return graph, linked

@@ -121,11 +121,17 @@ def build_tiny_sd(out_dir: str | Path, seed: int = 0, lcm: bool = False, *, sd2:
     return out
 
 
-def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, text_width_2: int = 32) -> Path:
+def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, text_width_2: int = 32, inpaint: bool = False) -> Path:
     """A tiny SDXL-like pipeline: two text encoders (the second with projection and "!" padding),
     pooled embeddings and time ids. ``text_width_2`` other than 32 gives the encoders different widths,
-    as in the real model (768 and 1280): single-file conversion tells them apart by width."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    as in the real model (768 and 1280): single-file conversion tells them apart by width. ``inpaint=True``
+    gives the 9-channel UNet of SDXL inpainting, saved as a StableDiffusionXLInpaintPipeline."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLInpaintPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -134,16 +140,17 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, text_width_2: int = 32) 
     tokenizer_2 = train_clip_tokenizer(corpus, pad_token="!")
     text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tokenizer_2), hidden=text_width_2))
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
+                                in_channels=9 if inpaint else 4,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                                 use_linear_projection=True, addition_embed_type="text_time",
                                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
                                 projection_class_embeddings_input_dim=80, cross_attention_dim=32 + text_width_2,
                                 norm_num_groups=32)
-    pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
-                                     scheduler=EulerDiscreteScheduler(**_scheduler_config()))
+    kind = StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline
+    pipe = kind(vae=_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                tokenizer_2=tokenizer_2, unet=unet, scheduler=EulerDiscreteScheduler(**_scheduler_config()))
     out = Path(out_dir)
     pipe.save_pretrained(out)
     return out

@@ -198,3 +198,15 @@ def png_bytes(pixels) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_inpaint_src(workdir) -> Path:
+    from aigc_bridge_export.tiny import build_tiny_sdxl
+
+    return _built(workdir, "tiny-sdxl-inpaint", build_tiny_sdxl, inpaint=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_inpaint(workdir, tiny_sdxl_inpaint_src) -> Path:
+    return _exported(workdir, "tiny-sdxl-inpaint", tiny_sdxl_inpaint_src)

@@ -125,3 +125,10 @@ def test_a_sidecar_batch_writes_the_bytes_a_local_one_does(tmp_path, tiny_sd) ->
     assert remote.returncode == 0, remote.stderr
     for name in ("restyled.png", "patched.png"):
         assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_check_reports_an_unreadable_image(tmp_path) -> None:
+    path = job_file(tmp_path, '[[texture]]\nname = "lost"\nprompt = "p"\nseed = 2\ninit = "nowhere.png"\n')
+    run = cli("batch", str(path), "--out", str(tmp_path / "out"), "--check", "--endpoint", "tcp://127.0.0.1:1")
+    assert run.returncode == 2
+    assert "texture[0] (lost): init: cannot read init" in run.stderr and "nowhere.png" in run.stderr

@@ -80,3 +80,30 @@ def test_ray_gives_the_same_outputs_as_the_plain_run(tmp_path, tiny_sd, ray_loca
     finally:
         rerun.close()
     assert (again.generated, again.skipped) == (0, 6)  # resumable the same way
+
+
+def test_ray_actors_get_the_input_images(tmp_path, tiny_sd, ray_local):
+    """Units cross to the actors as text rows: their input images go with them (base64), and the outputs are
+    the plain run's."""
+    from aigc_bridge.batch.ray_backend import RayBackend
+
+    from .test_protocol_images import png
+
+    (tmp_path / "wall.png").write_bytes(png(32, 32, (190, 40, 30)))
+    (tmp_path / "stain.png").write_bytes(png(32, 32, (255, 255, 255), "L"))
+    job_file = parse_job_file('[defaults]\nsteps = 3\nsize = 32\n\n'
+                              '[[texture]]\nname = "restyled"\nprompt = "blue"\nseeds = [1, 2]\ninit = "wall.png"\n'
+                              'strength = 0.7\n\n'
+                              '[[texture]]\nname = "patched"\nprompt = "moss"\nseed = 3\ninit = "wall.png"\n'
+                              'mask = "stain.png"\n', tmp_path / "jobs.toml")
+    plain, scaled = tmp_path / "plain", tmp_path / "ray"
+    assert run_batch(job_file, LocalBackend(tiny_sd, provider="cpu"), BatchOptions(out=plain)).exit_code == 0
+    backend = RayBackend(tiny_sd, workers=1, batch_size=2)
+    try:
+        assert run_batch(job_file, backend, BatchOptions(out=scaled, batch_size=2)).exit_code == 0
+    finally:
+        backend.close()
+    for name in ("restyled-1.png", "restyled-2.png", "patched.png"):
+        x = np.asarray(Image.open(plain / name)).astype(int)
+        y = np.asarray(Image.open(scaled / name)).astype(int)
+        assert np.abs(x - y).max() <= 1, name

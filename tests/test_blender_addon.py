@@ -198,6 +198,17 @@ class Recorder:
         self.log.append(("operator", idname, text))
         return SimpleNamespace()
 
+    def menu(self, menu: str, *, text: str = "", icon: str = "NONE") -> None:
+        assert hasattr(bpy.types, menu), f"no menu {menu}"
+        self._icon(icon)
+        self.log.append(("menu", menu, text))
+
+    def template_list(self, listtype: str, list_id: str, data, propname: str, active_data, active_propname: str,
+                      rows: int = 5) -> None:
+        assert hasattr(bpy.types, listtype), f"no UIList {listtype}"
+        assert propname in data.bl_rna.properties and active_propname in active_data.bl_rna.properties
+        self.log.append(("template_list", listtype, propname))
+
     def progress(self, *, factor: float, type: str, text: str) -> None:
         assert 0.0 <= factor <= 1.0 and type in {"BAR", "RING"}
         self.log.append(("progress", factor, text))
@@ -377,10 +388,13 @@ def test_blocking_path_for_scripts_and_reruns_replace(scene) -> None:
     assert bpy.app.background
     assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
     assert not scene.runner.busy() and crate.active_material["aigc_generated"]
-    counts = (len(bpy.data.materials), len(bpy.data.images), len(crate.active_material.node_tree.nodes))
+    def images() -> int:  # the material's images (the history keeps its own copies)
+        return sum(not image.name.startswith("AIGC history") for image in bpy.data.images)
+
+    counts = (len(bpy.data.materials), images(), len(crate.active_material.node_tree.nodes))
     first_seed = crate.active_material["aigc_seed"]
     assert bpy.ops.aigc.texture_selected() == {"FINISHED"}  # again: replaced, not piled up
-    assert (len(bpy.data.materials), len(bpy.data.images), len(crate.active_material.node_tree.nodes)) == counts
+    assert (len(bpy.data.materials), images(), len(crate.active_material.node_tree.nodes)) == counts
     assert crate.active_material["aigc_seed"] != first_seed  # random seeds
     assert not any(image.name.endswith(".001") for image in bpy.data.images)
     assert bpy.ops.aigc.generate_backdrop() == {"FINISHED"}
@@ -425,6 +439,69 @@ def test_cancel(scene) -> None:
     assert runner.STATE.info == "Cancelled." and runner.STATE.error is None
     assert not crate.active_material.get("aigc_generated")  # nothing applied, the second task never sent
     assert run.tasks[1].job is None
+
+
+# --- history -----------------------------------------------------------------------------------------------
+
+
+def test_history_survives_reopen_and_reruns_identically(scene, tmp_path) -> None:
+    """Generate twice (random seeds), save, reopen, recall the first, re-run it: the very same pixels."""
+    bpy.ops.mesh.primitive_cube_add()
+    crate = bpy.context.object
+    crate.name = "Crate"
+    crate["aigc_prompt"] = "oak crate"
+    settings = bpy.context.scene.aigc
+
+    def albedo() -> np.ndarray:
+        return pixels(bpy.data.objects["Crate"].active_material.node_tree.nodes["AIGC albedo"].image)
+
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
+    first = albedo()
+    crate["aigc_prompt"], settings.steps, settings.style = "mossy stone", 6, "overgrown"
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}
+    second = albedo()
+    assert not np.array_equal(first, second)
+    items = settings.history
+    assert len(items) == 2 and items[0].seed != items[1].seed and settings.history_index == 1
+    assert np.array_equal(pixels(items[0].image), first)  # kept although the material's image was replaced
+
+    path = tmp_path / "history.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    settings = bpy.context.scene.aigc
+    items = settings.history
+    assert len(items) == 2
+    old = items[0]
+    assert old.target == "Crate" and old.model == "tiny-sd" and len(old.model_hash) == 64
+    assert old.prompt.startswith("oak crate, weathered sci-fi") and old.steps == 4 and old.kind == "texture"
+    assert (old.width, old.height, old.tile) == (64, 64, "both")
+    assert np.array_equal(pixels(old.image), first) and old.image.packed_file is not None
+    old_seed = old.seed  # (adding items may move the collection: no references to items across that)
+    log = draw(scene)
+    assert ("template_list", "AIGC_UL_history", "history") in log
+    assert ("operator", "aigc.history_rerun", None) in log and ("operator", "aigc.history_recall", None) in log
+
+    assert bpy.ops.aigc.history_recall(index=0) == {"FINISHED"}
+    crate = bpy.data.objects["Crate"]
+    assert crate["aigc_prompt"] == "oak crate" and settings.style == "weathered sci-fi" and settings.steps == 4
+    assert settings.seed_mode == "FIXED" and str(plans_seed(settings)) == old_seed
+    assert bpy.context.view_layer.objects.active == crate and crate.select_get()
+
+    assert bpy.ops.aigc.history_rerun(index=0) == {"FINISHED"}
+    assert scene.runner.STATE.error is None, scene.runner.STATE.error
+    assert np.array_equal(albedo(), first), "re-run: the same request gives the same pixels"
+    assert len(settings.history) == 3 and settings.history[2].seed == old_seed
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}  # the recalled panel gives it too
+    assert np.array_equal(albedo(), first)
+
+    settings.seed_mode, settings.seed = "RANDOM", 0
+    assert bpy.ops.aigc.history_use_seed(index=1) == {"FINISHED"}
+    assert settings.seed_mode == "FIXED" and str(plans_seed(settings)) == settings.history[1].seed
+
+
+def plans_seed(settings) -> int | None:
+    return sys.modules[f"{ADDON}.plans"]._seed(settings)
 
 
 # --- failures: clear messages, nothing escapes, the next attempt works ------------------------------------
@@ -506,9 +583,12 @@ def test_local_sidecar_start_status_stop(scene, tiny_sd) -> None:
     prefs.connection_file = str(Path(_HOME) / "absent.json")  # must not matter: the started one wins
     assert bpy.ops.aigc.start_sidecar(mode="TIMER") == {"FINISHED"}  # returns while the model loads
     two_objects()
-    with pytest.raises(RuntimeError, match="still starting"):
-        bpy.ops.aigc.texture_selected()
-    pump(runner, timeout=60)
+    # Generate while it loads: the run waits for it (a progress line says so), then goes ahead
+    assert bpy.ops.aigc.texture_selected(mode="TIMER") == {"FINISHED"}
+    assert runner.STATE.run.waiting
+    assert any(e[0] == "progress" and e[2].startswith("Starting the local sidecar") for e in draw(scene))
+    assert max(pump(runner, timeout=60)) < TIMER_LIMIT_S
+    assert runner.STATE.error is None and bpy.data.objects["Barrel"].active_material["aigc_generated"]
     sidecar = runner.STATE.sidecar
     assert sidecar.state == launcher.READY and sidecar.endpoint.startswith("tcp://127.0.0.1:")
     assert json.loads(sidecar.connection_file.read_text())["pid"] == sidecar.proc.pid
@@ -525,6 +605,143 @@ def test_local_sidecar_start_status_stop(scene, tiny_sd) -> None:
         assert runner.STATE.status["model"]["id"] == "texture-mini"
     finally:
         assert bpy.ops.aigc.stop_sidecar() == {"FINISHED"}
+
+
+# --- models, runtimes and their failures ------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_only(scene, monkeypatch, tmp_path):
+    """Local mode with nothing to connect to (no connection file set, none at the default place): Generate
+    starts the local sidecar, from this venv as the named Python environment."""
+    monkeypatch.setattr(sys.modules[f"{ADDON}.connection"], "DEFAULT_CONNECTION_FILE", str(tmp_path / "none.json"))
+    prefs = scene.prefs
+    prefs.connection_file, prefs.python_env, prefs.provider, prefs.model_dir = "", sys.prefix, "cpu", ""
+    yield scene
+    scene.runner.stop_sidecar_process()
+    prefs.python_env = prefs.model_dir = prefs.models_folder = ""
+
+
+def _draw_prefs(prefs) -> list:
+    log: list = []
+    values = {p.identifier: getattr(prefs, p.identifier) for p in prefs.bl_rna.properties if p.identifier != "rna_type"}
+    proxy = SimpleNamespace(layout=Recorder(log), **values)
+    proxy.bl_rna = prefs.bl_rna
+    type(prefs).draw(proxy, bpy.context)
+    return log
+
+
+def test_models_folder_lists_packages_and_switching_changes_the_output(local_only, tiny_sd, tiny_lcm, tmp_path) -> None:
+    runner, prefs = local_only.runner, local_only.prefs
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "alpha").symlink_to(tiny_sd)
+    (folder / "beta").symlink_to(tiny_lcm)
+    (folder / "notes").mkdir()  # not a package: not listed
+    prefs.models_folder = str(folder)
+    text = labels(_draw_prefs(prefs))
+    assert "texture-mini (built in) · sd" in text and "tileable" in text
+    assert "tiny-sd · sd ·" in text and "tiny-lcm · sd ·" in text and " MB · 64x64 px · tileable" in text
+    assert "notes" not in text
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.object
+    settings = bpy.context.scene.aigc
+    settings.seed_mode, settings.seed = "FIXED", 11
+
+    def generate() -> tuple[np.ndarray, str]:
+        assert bpy.ops.aigc.texture_selected() == {"FINISHED"}, runner.STATE.error
+        material = cube.active_material
+        return pixels(material.node_tree.nodes["AIGC albedo"].image), material["aigc_model"]
+
+    assert bpy.ops.aigc.use_model(path=str(folder / "alpha")) == {"FINISHED"}
+    assert runner.STATE.sidecar is None  # nothing running: the next generation starts it on this model
+    log = draw(local_only)
+    assert ("menu", "AIGC_MT_models", "Model: tiny-sd") in log
+    # Generate with nothing running starts the local sidecar and returns at once; a progress line while it loads
+    assert bpy.ops.aigc.texture_selected(mode="TIMER") == {"FINISHED"}
+    assert runner.STATE.run.waiting and runner.STATE.sidecar.state == "starting"
+    assert any(e[0] == "progress" and e[2].startswith("Starting the local sidecar") for e in draw(local_only))
+    assert max(pump(runner, timeout=60)) < TIMER_LIMIT_S
+    assert runner.STATE.error is None and cube.active_material["aigc_model"] == "tiny-sd"
+    through_timer = pixels(cube.active_material.node_tree.nodes["AIGC albedo"].image)
+    first, model = generate()  # the same seed again, blocking this time: the same pixels
+    assert model == "tiny-sd" and np.array_equal(first, through_timer)
+    sidecar = runner.STATE.sidecar
+    assert bpy.ops.aigc.use_model(path=str(folder / "beta"), mode="TIMER") == {"FINISHED"}
+    assert sidecar.proc.poll() is not None and runner.STATE.sidecar.state == "starting"  # restarting, in the background
+    assert max(pump(runner, timeout=60)) < TIMER_LIMIT_S
+    assert runner.STATE.sidecar.state == "ready" and runner.STATE.error is None
+    second, model = generate()
+    assert model == "tiny-lcm" and not np.array_equal(first, second)
+    assert ("menu", "AIGC_MT_models", "Model: tiny-lcm") in draw(local_only)
+
+
+def test_clear_messages_for_runtime_model_and_folder_failures(local_only, tiny_sd, tmp_path) -> None:
+    """No bundled runtime (a source install has none), a model the sidecar cannot load, a models folder that does
+    not exist: each a message with its fix, in the panel or the preferences; the timer never blocks."""
+    runner, prefs = local_only.runner, local_only.prefs
+    two_objects()
+    prefs.python_env = ""  # the bundled runtime: this source checkout has none
+    with pytest.raises(RuntimeError, match=r"no runtime bundled for this Blender \(linux-x64, Python 3\.11\)"):
+        bpy.ops.aigc.texture_selected(mode="TIMER")
+    assert runner.STATE.error.code == "no_runtime" and "Install the extension zip made for this platform" in (
+        runner.STATE.error.fix)
+    assert "no runtime bundled" in labels(draw(local_only))
+
+    prefs.python_env = sys.prefix
+    broken = tmp_path / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "model.json").write_text("{not json")
+    prefs.models_folder = str(broken.parent)
+    assert "broken: model.json cannot be read" in labels(_draw_prefs(prefs))
+    assert bpy.ops.aigc.use_model(path=str(broken)) == {"FINISHED"}
+    assert bpy.ops.aigc.texture_selected(mode="TIMER") == {"FINISHED"}  # starts the sidecar on it, returns at once
+    assert max(pump(runner, timeout=60)) < TIMER_LIMIT_S
+    error = runner.STATE.error
+    assert error is not None and error.code == "sidecar_model", error
+    assert "The sidecar could not start:" in error.text and "is not valid JSON" in error.text
+    assert "Pick another model" in error.fix and not runner.busy()
+    assert "could not start" in labels(draw(local_only))
+
+    prefs.models_folder = str(tmp_path / "nowhere")
+    text = labels(_draw_prefs(prefs))
+    assert f"The models folder {tmp_path / 'nowhere'} does not exist" in text and "Fix: Choose an existing" in text
+    assert "texture-mini (built in)" in text  # the built-in model is still offered
+    assert bpy.ops.aigc.use_model(path="") == {"FINISHED"}  # texture-mini: works again
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"} and runner.STATE.error is None
+    assert bpy.data.objects["Barrel"].active_material["aigc_model"] == "texture-mini"
+
+
+def test_export_from_preferences_in_a_background_process(local_only, tiny_sd_src, tmp_path) -> None:
+    runner, prefs = local_only.runner, local_only.prefs
+    exporting = sys.modules[f"{ADDON}.exporting"]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    prefs.models_folder, prefs.export_source, prefs.export_name = str(folder), str(tiny_sd_src), "my-tiny"
+    prefs.python_env = ""
+    with pytest.raises(RuntimeError, match="the runtime bundled with the extension has no torch"):
+        bpy.ops.aigc.export_model()
+    prefs.python_env = sys.prefix  # this venv has the export extra
+    assert bpy.ops.aigc.export_model() == {"FINISHED"}
+    job = exporting.STATE.job
+    assert job is not None and job.running and job.proc.pid != os.getpid()  # never in Blender's process
+    fractions = []
+
+    def watch():
+        if exporting.STATE.job is not None:
+            fractions.append(exporting.STATE.job.fraction)
+            assert any(e[0] == "progress" for e in _draw_prefs(prefs))
+        return False
+
+    durations = pump(runner, timeout=400, until=watch)
+    assert max(durations) < TIMER_LIMIT_S
+    assert exporting.STATE.job is None and not exporting.STATE.failed, exporting.STATE.message
+    assert exporting.STATE.message.startswith("Exported my-tiny into") and fractions[-1] > 0
+    assert "my-tiny · sd ·" in labels(_draw_prefs(prefs))
+    bpy.ops.mesh.primitive_cube_add()
+    assert bpy.ops.aigc.use_model(path=str(folder / "my-tiny")) == {"FINISHED"}
+    assert bpy.ops.aigc.texture_selected() == {"FINISHED"}, runner.STATE.error
+    assert bpy.context.object.active_material["aigc_model"] == "my-tiny"
 
 
 # --- what leaves Blender ---------------------------------------------------------------------------------
@@ -652,38 +869,193 @@ def test_default_settings_with_the_shipped_model(scene, tmp_path) -> None:
 INSTALL_SCRIPT = r'''
 import json, os, sys
 import bpy, addon_utils
+import numpy as np
 bpy.ops.wm.read_factory_settings(use_empty=True)
 result = bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default", enable_on_install=True)
+ADDON = "bl_ext.user_default.aigc_bridge"
 import aigc_bridge.client, zmq
-report = {"install": sorted(result), "check": addon_utils.check("bl_ext.user_default.aigc_bridge"),
-          "panel": hasattr(bpy.types, "VIEW3D_PT_aigc"), "client": aigc_bridge.client.__file__,
-          "zmq": zmq.__file__, "zmq_version": zmq.__version__}
-addon_utils.disable("bl_ext.user_default.aigc_bridge", default_set=True)
-report["after_disable"] = hasattr(bpy.types, "VIEW3D_PT_aigc")
-print("REPORT " + json.dumps(report))
+runner = sys.modules[ADDON + ".runner"]
+prefs = bpy.context.preferences.addons[ADDON].preferences
+report = {"install": sorted(result), "check": addon_utils.check(ADDON), "panel": hasattr(bpy.types, "VIEW3D_PT_aigc"),
+          "client": aigc_bridge.client.__file__, "zmq": zmq.__file__, "python_env": prefs.python_env}
+bpy.ops.mesh.primitive_cube_add()
+cube = bpy.context.object
+cube["aigc_prompt"] = "red brick wall"
+settings = bpy.context.scene.aigc
+settings.texture_size, settings.steps, settings.seed_mode, settings.seed = "NATIVE", 8, "FIXED", 3
+report["generate"] = sorted(bpy.ops.aigc.texture_selected())  # background mode: blocking; starts the sidecar
+report["error"] = str(runner.STATE.error) if runner.STATE.error else None
+sidecar = runner.STATE.sidecar
+report.update(sidecar_pid=sidecar.proc.pid, sidecar_cmd=sidecar.cmd, sidecar_log=str(sidecar.log_path))
+with open(f"/proc/{sidecar.proc.pid}/maps") as f:
+    report["mapped"] = sorted({line.split()[-1] for line in f if ".so" in line and line.split()[-1].startswith("/")})
+material = cube.active_material
+image = material.node_tree.nodes["AIGC albedo"].image
+buf = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+image.pixels.foreach_get(buf)
+report["image"] = {"size": list(image.size), "rgb": buf.reshape(-1, 4)[:, :3].mean(0).tolist(),
+                   "model": material["aigc_model"], "seed": material["aigc_seed"],
+                   "packed": image.packed_file is not None}
+report["onnxruntime_in_blender"] = any(m.split(".")[0] == "onnxruntime" for m in sys.modules)
+print("REPORT " + json.dumps(report), flush=True)
 '''
 
 
-def test_built_zip_installs_from_disk(tmp_path) -> None:
-    import tomllib
+def _bundled_zip(tmp_path: Path) -> Path:
+    """Build the Linux x86-64 zip for this Blender line, as `make addon` does (wheels from build/wheels or PyPI)."""
+    out = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, str(SOURCE / "build.py"), "--platform", "linux-x64", "--line", "blender4.2",
+                           "--output-dir", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (zip_path,) = out.glob("aigc_bridge-*-blender4.2-linux_x64.zip")
+    return zip_path
 
-    manifest = tomllib.loads((SOURCE / "blender_manifest.toml").read_text())
-    zip_path = REPO / "dist" / f"{manifest['id']}-{manifest['version']}.zip"
-    if not zip_path.exists():
-        pytest.skip(f"{zip_path.name} is not built: run `make addon`")
-    # A Python without site-packages (-S) that sees bpy and nothing else of this venv: the client and pyzmq
-    # can only come from the zip's wheels.
+
+def _only_bpy_env(tmp_path: Path) -> dict:
+    """A Python that sees bpy and nothing else of this venv (run with -S): the client, pyzmq and the whole sidecar
+    runtime can only come from the zip's wheels; HOME is empty, so no ~/.aigc connection file is found."""
     only_bpy = tmp_path / "only-bpy"
     only_bpy.mkdir()
     (only_bpy / "bpy").symlink_to(Path(bpy.__file__).resolve().parents[4])
-    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user"), "MESA_SHADER_CACHE_DIR": str(tmp_path),
-           "PYTHONPATH": str(only_bpy)}
+    # numpy is Blender's own in real Blender; the bpy module's numpy is this venv's, so it is made visible alone
+    import numpy
+
+    (only_bpy / "numpy").symlink_to(Path(numpy.__file__).parent)
+    (tmp_path / "home").mkdir()
+    return {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user"), "MESA_SHADER_CACHE_DIR": str(tmp_path),
+            "PYTHONPATH": str(only_bpy), "HOME": str(tmp_path / "home")}
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="the Linux x86-64 zip")
+def test_bundled_zip_installs_and_generates_with_no_environment(tmp_path) -> None:
+    """Install from Disk into a clean Blender user folder, press Texture Selected with no Python environment set:
+    the sidecar starts on Blender's interpreter, isolated (-I -S), with the zip's packages alone, and the texture
+    lands in the cube's material. Blender never imports onnxruntime; quitting Blender stops the sidecar."""
+    zip_path = _bundled_zip(tmp_path)
     proc = subprocess.run([sys.executable, "-S", "-c", INSTALL_SCRIPT, str(zip_path)], capture_output=True,
-                          text=True, env=env, timeout=120, cwd=tmp_path)
+                          text=True, env=_only_bpy_env(tmp_path), timeout=300, cwd=tmp_path)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("REPORT ")), None)
     assert line, proc.stdout + proc.stderr
     report = json.loads(line[7:])
+    user = str(tmp_path / "user")
     assert report["install"] == ["FINISHED"] and report["check"] == [True, True] and report["panel"]
-    wheels_dir = str(tmp_path / "user")
-    assert report["client"].startswith(wheels_dir) and report["zmq"].startswith(wheels_dir), report
-    assert not report["after_disable"]
+    assert report["client"].startswith(user) and report["zmq"].startswith(user), report
+    assert report["python_env"] == "" and report["generate"] == ["FINISHED"] and report["error"] is None, report
+    # the texture: texture-mini's 32 px image, red for "red brick wall", packed into the material
+    image = report["image"]
+    assert image["size"] == [32, 32] and image["model"] == "texture-mini" and image["seed"] == 3 and image["packed"]
+    red, green, blue = image["rgb"]
+    assert red > blue + 0.1 and red > green
+    assert not report["onnxruntime_in_blender"]
+    # the sidecar: Blender's interpreter, isolated, on the extension's packages and nothing of this venv
+    cmd = report["sidecar_cmd"]
+    assert cmd[:3] == [sys.executable, "-I", "-S"], cmd
+    boot = next(x for x in Path(report["sidecar_log"]).read_text().splitlines()
+                if x.startswith("aigc-bridge sidecar bootstrap: "))
+    info = json.loads(boot.split(": ", 1)[1])
+    assert info["executable"] == sys.executable
+    assert info["isolated"] == 1 and info["no_site"] == 1 and info["no_user_site"] == 1
+    site = info["path"][0]
+    assert site.startswith(user) and site.endswith("site-packages"), info["path"]
+    venv = os.path.realpath(sys.prefix)
+    assert not any(os.path.realpath(p).startswith(venv) or "site-packages" in p for p in info["path"][1:]), info
+    mapped = report["mapped"]
+    assert any("onnxruntime" in m and m.startswith(site) for m in mapped), mapped  # the bundled onnxruntime runs
+    from_venv = [m for m in mapped if os.path.realpath(m).startswith(venv)]
+    assert all("/numpy" in m for m in from_venv), from_venv  # only numpy ("Blender's") comes from outside the zip
+    assert _gone(report["sidecar_pid"]), "the sidecar outlived Blender"
+
+
+def _addon_build():
+    spec = importlib.util.spec_from_file_location("addon_build", SOURCE / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    sys.modules["addon_build"] = build  # dataclasses look their module up
+    spec.loader.exec_module(build)
+    return build
+
+
+def test_every_platform_zip_carries_its_runtime_and_validates(capsys) -> None:
+    """The zips `make addon` made (CI runs it before the tests): each validated again by Blender's own
+    `extension validate`, carrying exactly one wheel of each runtime package, all for its platform and Python,
+    as its manifest lists them; sizes printed."""
+    listing = REPO / "dist" / "extension-zips.json"
+    if not listing.exists():
+        pytest.skip("no zips: run `make addon`")
+    build = _addon_build()
+    entries = json.loads(listing.read_text())
+    built = {(e["platform"], e["python"]) for e in entries}
+    if built != {(p, line.python) for p in build.PLATFORMS for line in build.LINES}:
+        pytest.skip(f"dist/ holds a partial build ({len(built)} zips): run `make addon` for all of them")
+    tags = {"linux-x64": "x86_64", "windows-x64": "win_amd64", "macos-arm64": ("arm64", "universal2"),
+            "macos-x64": ("x86_64", "universal2")}
+    for entry in entries:
+        path = REPO / "dist" / entry["zip"]
+        check = build.blender_cli(["validate", str(path)])
+        assert check.returncode == 0, check.stdout + check.stderr
+        held, listed = build.zip_wheels(path)
+        assert held == listed == entry["wheels"]
+        runtime = "onnxruntime_directml" if entry["platform"] == "windows-x64" else "onnxruntime"
+        assert sorted(build._wheel_dist(w) for w in held) == sorted(
+            ["aigc_bridge", runtime, "openexr", "pillow", "pyzmq", "tokenizers"])
+        cp = "cp" + entry["python"].replace(".", "")
+        for wheel in held:
+            if not wheel.startswith("aigc_bridge-"):
+                python_tag, abi, platform = wheel[:-4].split("-")[-3:]
+                assert python_tag == cp or abi == "abi3", wheel
+                assert platform.endswith(tags[entry["platform"]]), wheel
+        assert path.stat().st_size == entry["bytes"] < 60_000_000
+        with capsys.disabled():
+            print(f"\n[zip] {entry['zip']}: {entry['bytes'] / 1e6:.1f} MB, {len(held)} wheels, validated", end="")
+
+
+def test_build_fails_naming_a_wheel_missing_for_a_claimed_platform(monkeypatch, tmp_path, capsys) -> None:
+    build = _addon_build()
+    monkeypatch.setattr(build, "CACHE", tmp_path / "wheels")
+    monkeypatch.setattr(build, "BUILD", tmp_path)
+    build.CACHE.mkdir()
+    tags, _ = build.PLATFORMS["macos-x64"]
+    monkeypatch.setitem(build.PLATFORMS, "macos-x64", (tags, "onnxruntime==1.32.0"))  # no Intel-macOS wheel
+    with pytest.raises(SystemExit) as exc:
+        build.download("macos-x64", "3.11", offline=False)
+    text = str(exc.value)
+    assert "no onnxruntime==1.32.0 wheel for macos-x64 (Python 3.11" in text and "Pin a version" in text
+    with pytest.raises(SystemExit, match="--offline, but build/wheels has no wheels for linux-x64"):
+        build.download("linux-x64", "3.13", offline=True)
+
+
+def test_sidecar_stops_when_blender_is_killed(tiny_sd, tmp_path) -> None:
+    """Blender gone without quitting (killed, crashed): the sidecar notices its parent is gone and stops as on
+    SIGTERM (its connection file removed)."""
+    connection_file = tmp_path / "sidecar.json"
+    boot = [sys.executable, str(SOURCE / "sidecar_boot.py"), "--parent", "PARENT", "--", "serve", "--model",
+            str(tiny_sd), "--bind", "tcp://127.0.0.1:0", "--connection-file", str(connection_file)]
+    blender = subprocess.Popen([sys.executable, "-c", (
+        "import json, os, subprocess, sys, time\n"
+        "cmd = [a.replace('PARENT', str(os.getpid())) for a in json.loads(sys.argv[1])]\n"
+        "child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"), json.dumps(boot)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(blender.stdout.readline())
+        deadline = time.monotonic() + 60
+        while not connection_file.exists():
+            assert time.monotonic() < deadline, "the sidecar never became ready"
+            time.sleep(0.1)
+        blender.kill()
+        blender.wait()
+        assert _gone(pid), "the sidecar outlived a killed Blender"
+        assert not connection_file.exists()
+    finally:
+        if blender.poll() is None:
+            blender.kill()
+

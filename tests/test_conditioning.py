@@ -191,9 +191,12 @@ def test_too_few_steps_for_the_strength(mini, red_brick):
 def test_turbo_error_says_so(red_brick, tmp_path):
     package = shutil.copytree(default_model_dir(), tmp_path / "turbo-mini")
     manifest = json.loads((package / "model.json").read_text())
+    manifest["recommended"]["steps"] = 1  # as SD-Turbo's
     (package / "model.json").write_text(json.dumps({**manifest, "distillation": "turbo"}))
     turbo = Pipeline.load(package, provider="cpu")
     with pytest.raises(InvalidRequest, match=r"\(1 x 0.5 runs no step; a Turbo model samples in few steps, so give "
                                              r"more steps\): use steps 2 or more with strength 0.5") as e:
         turbo.resolve(GenerateRequest("x", init=_image(red_brick), steps=1, strength=0.5))
     assert e.value.field == "strength"
+    # left to its default, the step count is raised to the fewest that run one (Turbo's 1 -> 2 at 0.5)
+    assert turbo.resolve(GenerateRequest("x", init=_image(red_brick), strength=0.5)).steps == 2

@@ -44,9 +44,9 @@ def _draws(n: int, shape: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def _reference(pipeline_class, src, scheduler: str | None, **kwargs) -> np.ndarray:
-    pipe = pipeline_class.from_pretrained(src, torch_dtype=torch.float32, safety_checker=None,
-                                          requires_safety_checker=False) if "Inpaint" in pipeline_class.__name__ \
-        else pipeline_class.from_pretrained(src, torch_dtype=torch.float32)
+    extra = {"safety_checker": None, "requires_safety_checker": False} if pipeline_class.__name__.startswith(
+        "StableDiffusionInpaint") else {}
+    pipe = pipeline_class.from_pretrained(src, torch_dtype=torch.float32, **extra)
     if scheduler is not None:
         pipe.scheduler = diffusers_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -133,6 +133,24 @@ def test_nine_channel_inpainting_matches_diffusers(tiny_inpaint, tiny_inpaint_sr
     assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
 
 
+def test_sdxl_nine_channel_inpainting_matches_diffusers(tiny_sdxl_inpaint, tiny_sdxl_inpaint_src):
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    pipe = Pipeline.load(tiny_sdxl_inpaint, provider="cpu")
+    pixels, mask = _init_pixels(seed=6), _square_mask()
+    noise, masked = _draws(2, (1, 4, 32, 32))
+    request = GenerateRequest("weathered blue wooden planks", steps=6, guidance=5.0, seed=0, tile="none",
+                              keep_unmasked=False, init=InputImage.from_bytes(png_bytes(pixels), "init"),
+                              mask=InputImage.from_bytes(png_bytes(mask), "mask"), strength=1.0)
+    ours = pipe.generate(request, noise=Noise(noise, masked=masked))
+    ref = _reference(StableDiffusionXLInpaintPipeline, tiny_sdxl_inpaint_src, None,
+                     prompt="weathered blue wooden planks", image=Image.fromarray(pixels),
+                     mask_image=Image.fromarray(mask), strength=1.0, num_inference_steps=6, guidance_scale=5.0,
+                     height=64, width=64)
+    assert ref.std() > 0.05
+    assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4
+
+
 @pytest.mark.parametrize("strength", [1.0, 0.75])
 def test_four_channel_inpainting_matches_diffusers(sd, tiny_sd_src, strength):
     from diffusers import StableDiffusionInpaintPipeline
@@ -150,3 +168,20 @@ def test_four_channel_inpainting_matches_diffusers(sd, tiny_sd_src, strength):
     kept = np.abs(ours.images[0] - pixels / 255.0)[outside].mean()
     inside = np.abs(ours.images[0] - pixels / 255.0)[~outside].mean()
     assert kept < inside
+
+
+def test_lcm_img2img_matches_diffusers(tiny_lcm, tiny_lcm_src):
+    """LCM's img2img pipeline draws its steps from the low-noise part of the schedule instead of cutting it."""
+    from diffusers import LatentConsistencyModelImg2ImgPipeline
+
+    pixels = _init_pixels(seed=5)
+    eps, noise = _draws(2, (1, 4, 32, 32))
+    pipe = Pipeline.load(tiny_lcm, provider="cpu")
+    # one step: LCM injects no noise on its last step, so both sides stay deterministic
+    request = GenerateRequest("green grass", steps=1, seed=0, tile="none", strength=0.5,
+                              init=InputImage.from_bytes(png_bytes(pixels), "init"))
+    ours = pipe.generate(request, noise=Noise(noise, init=eps))
+    ref = _reference(LatentConsistencyModelImg2ImgPipeline, tiny_lcm_src, None, prompt="green grass",
+                     image=Image.fromarray(pixels), strength=0.5, num_inference_steps=1,
+                     guidance_scale=ours.request.guidance)
+    assert np.max(np.abs(ours.images[0] - ref[0])) < 1e-4

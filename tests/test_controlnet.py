@@ -318,3 +318,11 @@ def test_generate_command_line_controls(sd_cn, tmp_path):
     run = cli("generate", "x", "-o", str(out), "--model", str(sd_cn), "--control",
               f"canny={tmp_path / 'edges.png'}:1:0")
     assert run.returncode == 2 and "START needs END" in run.stderr
+
+
+def test_memory_estimate_counts_the_controlnets(sd_cn_pipe):
+    plain = sd_cn_pipe.resolve(GenerateRequest("x", steps=2, tile="none", width=256, height=256))
+    controlled = sd_cn_pipe.resolve(GenerateRequest("x", steps=2, tile="none", width=256, height=256, controls=(
+        _control("depth", _pattern()), _control("canny", _pattern(), 1))))
+    without, with_controls = sd_cn_pipe.memory_estimate(plain), sd_cn_pipe.memory_estimate(controlled)
+    assert with_controls.parts["denoising"] > without.parts["denoising"]

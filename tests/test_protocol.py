@@ -15,6 +15,7 @@ import pytest
 
 from aigc_bridge import protocol
 from aigc_bridge.errors import AigcError, Cancelled
+from aigc_bridge.project_request import ArrayInput, MeshInput, ProjectRequest
 from aigc_bridge.protocol import (
     ERROR_CODES,
     MAGIC,
@@ -30,6 +31,7 @@ from aigc_bridge.protocol import (
     Message,
     ProtocolError,
     error_content,
+    project_content,
     split_routing,
     with_routing,
 )
@@ -89,6 +91,17 @@ SAMPLES: dict[str, tuple[dict, list[bytes]]] = {
     "shutdown_reply": ({"accepted": True, "pending": 0}, []),
     "ping_reply": ({}, []),
 }
+# project: a one-triangle mesh as array buffers (docs/protocol.md, "project"), and its result
+SAMPLES["project"] = project_content(ProjectRequest("brick", (MeshInput(
+    "tri", ArrayInput("float32", (3, 3), bytes(36)), ArrayInput("int32", (1, 3), bytes(12)),
+    ArrayInput("float32", (1, 3, 2), bytes(24))),)))
+SAMPLES["project_result"] = (
+    {"textures": [{"mesh": "tri", "buffer": 0, "coverage": 0.99, "width": 64, "height": 64}],
+     "views": [{"name": "ring 1 (+0 deg)", "generated": True, "repainted": 10, "coverage": 0.5}],
+     "mode": "text", "mode_text": "text alone", "warnings": [],
+     "buffers": [{"index": 0, "mime": "image/png", "role": "texture", "width": 64, "height": 64}]},
+    [PNG],
+)
 
 
 def sign(key: bytes | None, body: list[bytes]) -> bytes:
@@ -161,6 +174,8 @@ def test_round_trip(msg_type: str, key: bytes | None) -> None:
     assert json.loads(frames[2])["msg_id"] == msg.msg_id
     if msg_type == "generate":
         assert msg.request == GenerateRequest(prompt="mossy stone", steps=20, seed=7, count=2, tile="both")
+    elif msg_type == "project":
+        assert isinstance(msg.request, ProjectRequest) and msg.request.meshes[0].triangles.data == bytes(12)
     else:
         assert msg.request is None
 

@@ -364,4 +364,5 @@ def test_the_client_imports_only_pyzmq_and_the_standard_library() -> None:
     assert not {"numpy", "PIL", "onnxruntime", "tokenizers", "torch"} & loaded  # Blender bundles it
     assert not {m for m in loaded if m.startswith("aigc_bridge.")} - {
         "aigc_bridge.client", "aigc_bridge.protocol", "aigc_bridge.request", "aigc_bridge.errors",
+        "aigc_bridge.project_request",
         "aigc_bridge.input_image"}

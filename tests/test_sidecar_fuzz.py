@@ -323,3 +323,39 @@ def test_fuzzed_input_frames_never_kill_the_sidecar(keyed_sidecar) -> None:
     with keyed_sidecar.client(timeout=10) as client:
         assert client.generate("after the images", steps=1, seed=2).seeds == [2]
     assert len(keyed_sidecar.job_lines()) == 1
+
+
+def test_damaged_image_data_behind_a_valid_header_fails_only_that_job(keyed_sidecar) -> None:
+    """Headers that pass (declared size and format right) over data cut short or scrambled: found when the
+    worker decodes the image, each job ends with invalid_request naming the field, the next one runs."""
+    rng = random.Random(77)
+    good = _png(rng, 32)
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(keyed_sidecar.endpoint)
+    codec = Codec(KEY, accept=REPLY_TYPES)
+    try:
+        for i in range(12):
+            data = good[:rng.randrange(40, len(good) - 16)] if i % 2 else \
+                good[:33] + rng.randbytes(len(good) - 45) + good[-12:]
+            field = "init" if i % 3 else "mask"  # a damaged mask over a good init, now and then
+            content = {"prompt": "x", "steps": 1, "seed": i, "init": {"buffer": 0}, "strength": 1.0,
+                       "buffers": [_input(0, good)]}
+            buffers = (data,)
+            if field == "mask":
+                content.update(mask={"buffer": 1}, buffers=[_input(0, good), _input(1, good)])
+                buffers = (good, data)
+            sock.send_multipart(message(f"dmg-{i}", content=content, buffers=buffers))
+            while True:
+                assert sock.poll(30_000), "the sidecar stopped answering"
+                msg = codec.decode(split_routing(sock.recv_multipart())[1])
+                if msg.msg_type != "progress":
+                    break
+            assert msg.msg_type == "error" and msg.content["field"] == field, msg.content
+            assert msg.content["code"] == "invalid_request", msg.content
+    finally:
+        sock.close()
+        context.term()
+    with keyed_sidecar.client(timeout=10) as client:
+        assert client.generate("after the damage", steps=1, seed=3).seeds == [3]

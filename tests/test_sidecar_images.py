@@ -10,6 +10,7 @@ import json
 import threading
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 import zmq
 
@@ -100,6 +101,14 @@ def bad_cases():
         "between 0.0 and 1.0"
     yield "mask without init", {"prompt": "p", "mask": {"buffer": 0}, "buffers": [desc(0, RED)]}, [RED], "mask", \
         "give init"
+    small = png(16, 16, (255, 255, 255), "L")
+    yield "mask of another size", {**init, "mask": {"buffer": 1}, "buffers": [desc(0, RED), desc(1, small)]}, \
+        [RED, small], "mask", "must be the init's size"
+    yield "controlnet the package lacks", {"prompt": "p", "steps": 2, "controls": [{"name": "canny", "image":
+                                           {"buffer": 0}}], "buffers": [desc(0, RED)]}, [RED], \
+        "controls[0].name", "no controlnet 'canny'"
+    yield "steps x strength below 1", {**init, "strength": 0.2, "buffers": [desc(0, RED)]}, [RED], "strength", \
+        "steps x strength must be at least 1"
     yield "too many controls", {"prompt": "p", "controls": [{"name": "depth", "image": {"buffer": i}}
                                                            for i in range(5)],
                                 "buffers": [desc(i, RED) for i in range(5)]}, [RED] * 5, "controls", "limit is 4"
@@ -280,6 +289,24 @@ def test_bad_images_the_model_refuses_through_the_client(mini, red_bricks) -> No
             assert info.value.code == "invalid_request", (fields.keys(), info.value)
             assert (info.value.field or "").startswith(field) and words in info.value.message, info.value
         assert client.generate("still serving", seed=1, steps=2).seeds == [1]
+
+
+def test_cli_generate_endpoint_with_an_init_writes_the_in_process_file(mini, red_bricks, tmp_path) -> None:
+    from .conftest import cli
+
+    big = tmp_path / "wall.png"  # twice the model's size: both sides say how they resized it
+    big.write_bytes(png_from(np.kron(rgb(red_bricks), np.ones((2, 2, 1))).astype(np.uint8)))
+    mask = tmp_path / "mask.png"
+    square = np.zeros((64, 64), np.uint8)
+    square[16:48, 16:48] = 255
+    mask.write_bytes(png_from(square))
+    args = ["generate", "blue tiles", "--seed", "9", "--steps", "10", "--init", str(big), "--mask", str(mask),
+            "--strength", "0.8", "--mask-blur", "2", "--width", "32", "--height", "32"]
+    here = cli(*args, "-o", str(tmp_path / "here.png"))
+    there = cli(*args, "-o", str(tmp_path / "there.png"), "--connection-file", str(mini.connection_file))
+    assert here.returncode == 0 and there.returncode == 0, here.stderr + there.stderr
+    assert (tmp_path / "there.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    assert "resized 64x64" in here.stderr and "resized 64x64" in there.stderr
 
 
 def test_seamless_band_through_the_sidecar_makes_the_init_tile_and_keeps_the_rest(mini, mini_pipeline) -> None:

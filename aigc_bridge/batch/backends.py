@@ -87,7 +87,7 @@ class LocalBackend:
         return resolution_problems(self.pipeline.resolve, jobs)
 
     def steps(self, unit: Unit) -> int:
-        return self.pipeline.resolve(unit.request).steps
+        return self.pipeline.denoising_steps(self.pipeline.resolve(unit.request))  # an init runs fewer
 
     def run(self, groups: list[list[Unit]], stop: StopFlag, on_steps: StepSink) -> Iterator[Rendered | Failure]:
         for group in groups:
@@ -129,7 +129,10 @@ class SidecarBackend:
         return []  # the server checks sizes; what it refuses fails that job alone
 
     def steps(self, unit: Unit) -> int:
-        return unit.request.steps or self._default_steps
+        steps = unit.request.steps or self._default_steps
+        if unit.request.init is not None:  # the steps strength keeps (the server's progress total)
+            steps = max(1, min(int(steps * unit.request.effective_strength), steps))
+        return steps
 
     def run(self, groups: list[list[Unit]], stop: StopFlag, on_steps: StepSink) -> Iterator[Rendered | Failure]:
         for group in groups:

@@ -106,14 +106,98 @@ def apply(plan: dict) -> dict:
     return {"applied": applied, "problems": problems, "copy": copy, "glb": plan.get("glb")}
 
 
+# --- project jobs: meshes out as arrays, baked textures back in (aigc_bridge.batch.project) ---------------
+
+
+def _addon_module(addon_dir: str, name: str):
+    """One module of the add-on (mesh_arrays, scene_import) as part of its package, without running the
+    package's ``__init__`` (which registers UI and needs the client)."""
+    import types
+
+    package = "aigc_batch_addon"
+    if package not in sys.modules:
+        module = types.ModuleType(package)
+        module.__path__ = [addon_dir]
+        sys.modules[package] = module
+    return importlib.import_module(f"{package}.{name}")
+
+
+def extract(plan: dict) -> dict:
+    """Open the source, check and read ``plan["objects"]`` (evaluated, world space, with UVs: a Smart UV
+    Project for those without), write the arrays as .npy files and save the working copy (``plan["copy"]``,
+    inside --out) so the textures land on exactly the UV maps they were baked for."""
+    import numpy as np
+
+    mesh_arrays = _addon_module(plan["addon"], "mesh_arrays")
+    _open(plan["source"])
+    missing = [n for n in plan["objects"] if bpy.data.objects.get(n) is None]
+    if missing:
+        return {"problems": [f"object {n!r} is not in the file" for n in missing]}
+    objects = [bpy.data.objects[n] for n in plan["objects"]]
+    try:
+        arrays, notes = mesh_arrays.extract(objects, max_triangles=plan.get("max_triangles"))
+        cameras = [mesh_arrays.camera_arrays(o, bpy.context.scene, plan["view_size"],
+                                             max(16, round(plan["view_size"] * bpy.context.scene.render.resolution_y
+                                                           / bpy.context.scene.render.resolution_x / 8) * 8))
+                   for o in sorted((o for o in bpy.context.scene.objects if o.type == "CAMERA"), key=lambda o: o.name)
+                   ] if plan.get("scene_cameras") else []
+    except mesh_arrays.MeshRefused as exc:
+        return {"problems": [f"{exc.message} {exc.user_message.fix}."]}
+    if plan.get("scene_cameras") and not cameras:
+        return {"problems": ["the scene has no camera (cameras = \"scene\")"]}
+    meshes = []
+    for a in arrays:
+        entry = {"name": a.name, "uv_map": a.uv_map, "made_uvs": a.made_uvs}
+        for kind in ("positions", "triangles", "uvs"):
+            path = os.path.join(plan["arrays"], f"{len(meshes)}.{kind}.npy")
+            np.save(path, getattr(a, kind))
+            entry[kind] = path
+        meshes.append(entry)
+    for c in cameras:
+        c["world_to_camera"] = [float(v) for v in np.asarray(c["world_to_camera"]).reshape(-1)]
+    _save_copy(plan)
+    return {"meshes": meshes, "cameras": cameras, "notes": notes, "problems": []}
+
+
+def bake_apply(plan: dict) -> dict:
+    """Open the working copy, wire each baked texture into its object's material for the UV map it was
+    baked for (the add-on's apply_baked_texture: replaces, never stacks), save it, export the GLB."""
+    scene_import = _addon_module(plan["addon"], "scene_import")
+    _open(plan["copy"])
+    applied = []
+    for entry in plan["textures"]:
+        obj = bpy.data.objects[entry["object"]]
+        material = scene_import.apply_baked_texture(obj, _read(entry["image"]), entry["uv_map"], entry.get("info"))
+        applied.append({"object": obj.name, "material": material.name})
+    _save_copy(plan)
+    if plan.get("glb"):
+        tmp = _temporary(plan["glb"])
+        bpy.ops.export_scene.gltf(filepath=tmp, export_format="GLB", use_selection=False)
+        os.replace(tmp, plan["glb"])
+    return {"applied": applied, "copy": plan["copy"], "glb": plan.get("glb"), "problems": []}
+
+
+def _save_copy(plan: dict) -> None:
+    copy = plan["copy"]
+    if os.path.abspath(copy) == os.path.abspath(plan["source"]):
+        raise RuntimeError("refusing to overwrite the source .blend")
+    bpy.context.preferences.filepaths.save_version = 0
+    tmp = _temporary(copy)
+    bpy.ops.wm.save_as_mainfile(filepath=tmp, copy=True, check_existing=False)
+    os.replace(tmp, copy)
+
+
+MODES = {"inspect": inspect, "apply": apply, "extract": extract, "bake_apply": bake_apply}
+
+
 def main(argv: list[str]) -> int:
     args = argv[argv.index("--") + 1:] if "--" in argv else argv[1:]
-    if len(args) != 2 or args[0] not in ("inspect", "apply"):
-        print("usage: blend_apply.py inspect|apply PLAN.json", file=sys.stderr)
+    if len(args) != 2 or args[0] not in MODES:
+        print(f"usage: blend_apply.py {'|'.join(MODES)} PLAN.json", file=sys.stderr)
         return 2
     with open(args[1], encoding="utf-8") as f:
         plan = json.load(f)
-    report = inspect(plan) if args[0] == "inspect" else apply(plan)
+    report = MODES[args[0]](plan)
     with open(plan["report"], "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return 0

@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 SCHEMA_VERSION = 1
 JOB_TABLES = ("texture", "backdrop", "jobs")
-TOP_KEYS = ("version", "defaults", "blend", *JOB_TABLES)
+TOP_KEYS = ("version", "defaults", "blend", *JOB_TABLES, "project")
 # Job key -> the GenerateRequest field it sets (None: not a request field).
 REQUEST_KEYS = {"negative": "negative_prompt", "width": "width", "height": "height", "steps": "steps",
                 "guidance": "guidance", "scheduler": "scheduler", "tile": "tile", "count": "count",
@@ -66,6 +66,12 @@ def parse_job_file(text: str, path: Path | None = None) -> JobFile:
     if checker.problems:  # in reading order: file-wide ones first, then by line
         raise JobFileError(sorted(checker.problems, key=lambda p: -1 if p.line is None else p.line), path)
     return job_file
+
+
+def input_problems(jobs) -> list[Problem]:
+    """The jobs whose input images cannot be read: a run fails them alone; ``--check`` reports them."""
+    return [Problem(job.where, job.input_error.field, f"{job.input_error.message} (a run fails this job; the others "
+                    "still run)", job.line) for job in jobs if job.input_error is not None]
 
 
 def engine_size_problem(kind: str, width: object, height: object, target_size: object) -> str | None:
@@ -129,10 +135,21 @@ class _Checker:
                 continue
             for i, raw in enumerate(entries):
                 jobs += self._job(table, i, raw, defaults, start=len(jobs))
-        if not jobs and not self.problems:
-            self.problem("file", None, "there are no jobs: add [[texture]] or [[backdrop]] tables")
+        projects = []
+        if "project" in data:
+            from .project import parse_projects
+
+            base = self.path.resolve().parent if self.path is not None else None
+            projects = parse_projects(data["project"], blend_file, base, self.problem)
+            taken = {j.name.casefold() for j in jobs}
+            for p in projects:
+                if p.name.casefold() in taken:
+                    self.problem(p.where, "name", "is the name of another job", ("project", int(p.source[8:-1])))
+                taken.add(p.name.casefold())
+        if not jobs and not projects and not self.problems:
+            self.problem("file", None, "there are no jobs: add [[texture]], [[backdrop]] or [[project]] tables")
         self._check_across(jobs)
-        return JobFile(self.path, tuple(jobs), blend_file)
+        return JobFile(self.path, tuple(jobs), blend_file, tuple(projects))
 
     def _defaults(self, raw: object, table: str = "defaults") -> dict:
         """``[defaults]`` for every job, with ``[defaults.texture]`` / ``[defaults.backdrop]`` for one kind

@@ -45,13 +45,15 @@ class BatchSummary:
     failures: dict[str, dict] = field(default_factory=dict)
     blend: dict | None = None
     manifest: Path | None = None
+    projects: list[dict] = field(default_factory=list)  # one report per [[project]] job
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
         blend_failed = self.blend is not None and (self.blend.get("error") or self.blend.get("problems"))
-        return 1 if self.failed or self.pending or self.lost or blend_failed else 0
+        projects_failed = any(p.get("error") for p in self.projects)
+        return 1 if self.failed or self.pending or self.lost or blend_failed or projects_failed else 0
 
 
 class _StopFlag:
@@ -113,6 +115,10 @@ def run_batch(job_file: JobFile, backend, options: BatchOptions) -> BatchSummary
             summary.blend = _blend_step(jobs, units, manifest, options, bar)
             manifest.set_blend(summary.blend)
             manifest.save()
+        if job_file.projects and not summary.interrupted and not summary.lost:
+            from .project import run_projects
+
+            summary.projects = run_projects(list(job_file.projects), backend, out, options.blender, bar.log)
         return summary
 
 
@@ -213,6 +219,13 @@ def describe(summary: BatchSummary, out: Path) -> str:
         if summary.blend.get("copy"):
             lines.append(f"blend copy: {summary.blend['copy']}" + (f"  GLB: {summary.blend['glb']}"
                                                                    if summary.blend.get("glb") else ""))
+    for p in summary.projects:
+        if p.get("error"):
+            lines.append(f"  project {p['job']} FAILED: {p['error']['message']}")
+        else:
+            seen = ", ".join(f"{t['object']} {t['coverage']:.0%}" for t in p["textures"])
+            lines.append(f"project {p['job']}: {seen} seen; copy {p['copy']}" + (f"  GLB: {p['glb']}" if p.get("glb")
+                                                                                 else ""))
     if summary.lost:
         lines.append(f"stopped early: {summary.lost}")
     if summary.interrupted:

@@ -82,3 +82,4 @@ class JobFile:
     path: Path | None
     jobs: tuple[Job, ...]
     blend_file: Path | None = None   # from the file's [blend] table, relative paths resolved
+    projects: tuple = ()             # [[project]] jobs (batch.project.ProjectJob): texture from shape

@@ -3,6 +3,7 @@
 Never imports torch, bpy or zmq.
 """
 
+from .conditioning import Noise
 from .pipeline import GenerationResult, Pipeline, ProgressEvent
 
-__all__ = ["GenerationResult", "Pipeline", "ProgressEvent"]
+__all__ = ["GenerationResult", "Noise", "Pipeline", "ProgressEvent"]

@@ -102,10 +102,11 @@ class Estimate:
 
 
 def estimate(manifest: dict, *, width: int, height: int, batch: int, output_pixels: int,
-             output_kind: str, controlnets: tuple[str, ...] = ()) -> Estimate | None:
+             output_kind: str, controlnets: tuple[str, ...] = (), encodes: bool = False) -> Estimate | None:
     """The request's peak: the largest of its stages (they run one after the other and share the arena).
-    ``controlnets``: the names of the request's ControlNet units. None when the package carries no memory
-    profile (exported before profiles existed)."""
+    ``controlnets``: the names of the request's ControlNet units; ``encodes``: an init image goes through the
+    VAE encoder first (image to image, inpainting). None when the package carries no memory profile (exported
+    before profiles existed)."""
     graphs = (manifest.get("memory") or {}).get("graphs")
     if not graphs:
         return None
@@ -120,6 +121,9 @@ def estimate(manifest: dict, *, width: int, height: int, batch: int, output_pixe
     decoder = graphs.get(manifest["vae_decoder"]["graphs"]["none"])
     if decoder is not None:  # images are decoded one at a time
         parts["decoding"] = GraphProfile.from_manifest(decoder).peak(area, 1) * SAFETY
+    encoder = graphs.get(manifest.get("vae_encoder", {}).get("graphs", {}).get("none", "")) if encodes else None
+    if encoder is not None:  # once per call (twice for 9-channel inpainting, one after the other)
+        parts["encoding"] = GraphProfile.from_manifest(encoder).peak(area, 1) * SAFETY
     parts["outputs"] = float(output_pixels * OUTPUT_BYTES_PER_PIXEL[output_kind])
     stage = max(parts, key=parts.get)
     return Estimate(parts[stage], stage, parts)

@@ -204,7 +204,7 @@ class Pipeline:
         """Fill every default from the model, and check what this model accepts (sizes)."""
         m = self.manifest
         recommended = m["recommended"]
-        if request.init is not None:  # the init's aspect at the model's native area (docs/conditioning.md)
+        if request.init is not None and request.kind != "backdrop":  # the init's aspect at the native area
             width, height = inputs.default_size(request.init.width, request.init.height, m["native_size"],
                                                 m["size_multiple"], request.width, request.height)
         else:
@@ -226,9 +226,11 @@ class Pipeline:
         if tile not in m["unet"]["graphs"] or tile not in m["vae_decoder"]["graphs"]:
             raise InvalidRequest(f"tile {tile} is not available: this model package was exported without its "
                                  "seamless graphs (re-export it without --no-seamless)", "tile")
+        steps = request.steps or recommended["steps"]
+        if request.init is not None and request.steps is None:  # the default runs at least one step (Turbo: 1)
+            steps = max(steps, math.ceil(1 / request.effective_strength - 1e-9))
         resolved = dataclasses.replace(
-            request, width=width, height=height, seed=seed,
-            steps=request.steps or recommended["steps"],
+            request, width=width, height=height, seed=seed, steps=steps,
             guidance=request.guidance if request.guidance is not None else recommended["guidance"],
             scheduler=request.scheduler or m["scheduler"]["default"], tile=tile,
             strength=request.effective_strength if request.init is not None else None)
@@ -250,7 +252,9 @@ class Pipeline:
             raise InvalidRequest(f"{m['model_id']} has no VAE encoder graph, which image to image and inpainting "
                                  "need (re-export it)", "init")
         kept = min(int(req.steps * req.strength), req.steps)
-        if kept < 1:
+        if req.scheduler == "lcm":
+            self._schedule(req)  # LCM shrinks its schedule instead: its own limit, named there
+        elif kept < 1:
             turbo = m.get("distillation") == "turbo"
             need = math.ceil(1 / req.strength - 1e-9)
             raise InvalidRequest(
@@ -265,12 +269,22 @@ class Pipeline:
     def _unet_in_channels(self) -> int:
         return int(self.manifest["unet"].get("in_channels") or self.manifest["latent_channels"])
 
-    def denoising_steps(self, req: GenerateRequest) -> int:
-        """UNet steps a resolved request runs (its progress total): the steps strength keeps, PNDM's extra one."""
+    def _schedule(self, req: GenerateRequest):
+        """The scheduler for a resolved request, and the index of its first step: with an init, diffusers'
+        get_timesteps cut (the last int(steps x strength) run), or for LCM a schedule drawn from the
+        low-noise part (its img2img pipeline's semantics)."""
         scheduler = make_scheduler(req.scheduler, self.manifest["scheduler"]["config"])
+        if req.init is not None and scheduler.schedule_strength:
+            scheduler.set_timesteps(req.steps, strength=req.strength)
+            return scheduler, 0
         factor = self.manifest["vae_scale_factor"]
         self.parts.set_timesteps(scheduler, req.steps, req.height // factor, req.width // factor)
         start = first_step(req.steps, req.strength) * scheduler.order if req.init is not None else 0
+        return scheduler, start
+
+    def denoising_steps(self, req: GenerateRequest) -> int:
+        """UNet steps a resolved request runs (its progress total): the steps strength keeps, PNDM's extra one."""
+        scheduler, start = self._schedule(req)
         return len(scheduler.timesteps) - start
 
     def _uses_cfg(self, req: GenerateRequest) -> bool:
@@ -286,7 +300,8 @@ class Pipeline:
         kind = "backdrop" if req.kind == "backdrop" else ("pbr" if req.pbr else "texture")
         return memory.estimate(self.manifest, width=req.width, height=req.height,
                                batch=req.count * (2 if self._uses_cfg(req) else 1), output_pixels=out_w * out_h,
-                               output_kind=kind, controlnets=tuple(c.name for c in req.controls))
+                               output_kind=kind, controlnets=tuple(c.name for c in req.controls),
+                               encodes=req.init is not None)
 
     def _check_memory(self, req: GenerateRequest) -> None:
         """Refuse, before anything runs, a request this machine cannot hold: with the estimate, the model's
@@ -326,8 +341,7 @@ class Pipeline:
         m = self.manifest
         count, factor = req.count, m["vae_scale_factor"]
         h, w = req.height // factor, req.width // factor
-        scheduler = make_scheduler(req.scheduler, m["scheduler"]["config"])
-        self.parts.set_timesteps(scheduler, req.steps, h, w)
+        scheduler, start = self._schedule(req)
         seeds = [req.seed + i for i in range(count)]
         rngs = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
         shape = (m["latent_channels"], h, w)
@@ -337,11 +351,10 @@ class Pipeline:
 
         notes: list[str] = []
         cond = self.parts.conditioning(req, notes)
-        start, pieces, image = 0, [], None
+        pieces, image = [], None
         if req.init is None:
             latents = noise.latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
         else:
-            start = first_step(req.steps, req.strength) * scheduler.order
             image = self._image_inputs(req, notes)
             latents, pieces = self._image_start(req, image, scheduler, start, noise, notes)
         t_encoded = time.perf_counter()

@@ -183,6 +183,8 @@ class Scheduler:
     name = ""
     order = 1
     stochastic = False  # True when step() takes noise (the caller owns the RNGs)
+    # True: image to image passes strength to set_timesteps (LCM) instead of cutting the schedule's start
+    schedule_strength = False
     init_noise_sigma = 1.0
     cfg: dict
 
@@ -719,6 +721,7 @@ class LCMScheduler(Scheduler):
     """LCMScheduler: consistency-model steps (denoise, then re-noise to the next timestep)."""
 
     name = "lcm"
+    schedule_strength = True
 
     def __init__(self, config: dict) -> None:
         super().__init__(config)
@@ -745,15 +748,22 @@ class LCMScheduler(Scheduler):
         self.final_alpha_cumprod = _ONE if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
         self._steps = np.zeros(0, dtype=np.int64)
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
+    def set_timesteps(self, num_inference_steps: int, strength: float = 1.0) -> None:
+        """``strength`` < 1 (image to image) keeps every step but draws them from the first
+        int(original_inference_steps x strength) training-schedule points, as diffusers' LCM img2img does."""
         n = self._check_steps(num_inference_steps)
         original = int(self.cfg["original_inference_steps"])
         if n > original:
             raise InvalidRequest(f"steps must be at most {original} for lcm with this model "
                                  f"(its original_inference_steps), got {n}", "steps")
         k = int(self.cfg["num_train_timesteps"]) // original
-        origin = (np.arange(1, original + 1) * k - 1)[::-1]
-        self._steps = origin[np.floor(np.linspace(0, original, num=n, endpoint=False)).astype(np.int64)]
+        kept = int(original * strength)
+        if kept < n:
+            raise InvalidRequest(f"lcm draws its steps from int({original} x strength) = {kept} points of its "
+                                 f"schedule, fewer than the {n} steps asked for: use at most {max(kept, 1)} "
+                                 f"steps, or a strength of at least {n / original:g}", "strength")
+        origin = (np.arange(1, kept + 1) * k - 1)[::-1]
+        self._steps = origin[np.floor(np.linspace(0, kept, num=n, endpoint=False)).astype(np.int64)]
         self.timesteps = self._steps.astype(np.float32)
         self.num_inference_steps = n
         self.stochastic = n > 1

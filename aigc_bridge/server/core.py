@@ -124,7 +124,7 @@ class Server:
             self._providers = list(onnxruntime.get_available_providers())[:32]
         self._handlers = {"generate": self._on_generate, "cancel": self._on_cancel, "status": self._on_status,
                           "list_models": self._on_list_models, "shutdown": self._on_shutdown,
-                          "ping": self._on_ping}
+                          "ping": self._on_ping, "project": self._on_project}
 
     @property
     def session(self) -> str:
@@ -377,6 +377,9 @@ class Server:
 
     def _log_job(self, job: Job, msg_type: str, content: dict) -> None:
         req = job.resolved
+        if job.project is not None:
+            _log_project(job, msg_type, content)
+            return
         began = job.started if job.started is not None else job.submitted
         prompt = req.prompt if len(req.prompt) <= 40 else req.prompt[:39] + "…"
         outcome = "ok" if msg_type == "result" else f"error {content.get('code')}"
@@ -405,7 +408,37 @@ class Server:
             raise AigcError("no_model", "this server has no model loaded: start it with --model DIR", "model")
         if self._draining:
             raise AigcError("shutting_down", "the server is shutting down")
-        job = Job(key, req, self._pipeline.resolve(req), route, msg.msg_id, msg.ignored_fields)
+        resolved = self._pipeline.resolve(req)  # the model's checks: sizes, mask, controlnets, strength, memory
+        job = Job(key, req, resolved, route, msg.msg_id, msg.ignored_fields,
+                  steps=self._pipeline.denoising_steps(resolved))
+        self._board.submit(job)
+        self._send_job(job, "progress", self._progress_now(job))
+
+    def _on_project(self, route: list[bytes], msg: Message) -> None:
+        """Texture meshes from their shape: checked here (geometry, cameras, the model's view sizes), so a bad
+        request is refused before it is queued; the worker runs the loop (docs/protocol.md, "project")."""
+        from ..projection import service  # numpy work; only a project needs it
+
+        req, key = msg.request, msg.request_key
+        found = self._board.find(key)
+        if found is not None:
+            sent = found.request if isinstance(found, Final) else found.request.to_dict()
+            if sent != req.to_dict():  # mesh arrays compare by their sha256
+                raise InvalidRequest(f"request_key {key} was already used for a different request; "
+                                     "use a new key for new work", "header.request_key")
+            if isinstance(found, Final):
+                self._send(route, self._codec.encode(found.msg_type, found.content, parent_id=msg.msg_id,
+                                                     buffers=found.buffers, request_key=key))
+            else:
+                found.attach(route, msg.msg_id)
+                self._send_job(found, "progress", self._progress_now(found))
+            return
+        if self._pipeline is None:
+            raise AigcError("no_model", "this server has no model loaded: start it with --model DIR", "model")
+        if self._draining:
+            raise AigcError("shutting_down", "the server is shutting down")
+        prepared = service.prepare(req, self._pipeline)
+        job = Job(key, req, req, route, msg.msg_id, msg.ignored_fields, project=prepared)
         self._board.submit(job)
         self._send_job(job, "progress", self._progress_now(job))
 
@@ -473,3 +506,12 @@ class Server:
 
     def _on_ping(self, route: list[bytes], msg: Message) -> None:
         self._reply(route, msg, "ping_reply", {})
+
+
+def _log_project(job: Job, msg_type: str, content: dict) -> None:
+    req = job.resolved
+    began = job.started if job.started is not None else job.submitted
+    prompt = req.prompt if len(req.prompt) <= 40 else req.prompt[:39] + "…"
+    outcome = "ok" if msg_type != "error" else f"error {content.get('code')}"
+    log.info("job %s project %r %d meshes %d triangles %d views %.2f s %s", job.request_key[:8], prompt,
+             len(req.meshes), req.triangle_count, job.total, time.monotonic() - began, outcome)

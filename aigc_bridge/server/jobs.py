@@ -32,7 +32,7 @@ class Final:
     msg_type: str  # "result" or "error"
     content: dict
     buffers: tuple[bytes, ...]
-    request: dict  # as the client sent it (to_dict: images by sha256): a reused key with another request is refused
+    request: dict  # as sent (to_dict: images and mesh arrays by sha256): a reused key with another is refused
     msg_ids: tuple[str, ...]
 
     @property
@@ -58,13 +58,17 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     last_sent: float = 0.0  # monotonic time of the last message to the client (keepalives)
+    steps: int | None = None  # UNet steps it runs (image to image: those strength keeps); None: resolved.steps
+    project: object | None = None  # a project job's checked work (projection.service.Prepared); steps = views
 
     def __post_init__(self) -> None:
         self.msg_ids.append(self.msg_id)
 
     @property
     def total(self) -> int:
-        return self.resolved.steps or 1
+        if self.project is not None:
+            return len(self.project.cameras)
+        return self.steps or self.resolved.steps or 1
 
     def attach(self, route: list[bytes], msg_id: str) -> None:
         """A retry of this job: stream the rest to the newest attempt."""

@@ -73,6 +73,9 @@ class Worker(threading.Thread):
             self._wake.send(b"", flags=zmq.NOBLOCK)  # type: ignore[union-attr]
 
     def _run(self, job: Job) -> None:
+        if job.project is not None:
+            self._run_project(job)
+            return
         req = job.resolved
         last_preview = time.monotonic()
 
@@ -150,6 +153,60 @@ class Worker(threading.Thread):
             "request": req.to_dict(),
             "composed_prompt": {"prompt": req.prompt, "negative_prompt": req.negative_prompt,
                                 "truncated": any("truncated" in w for w in result.warnings)},
+            "warnings": [w[:1024] for w in result.warnings[:32]],
             "buffers": descriptors,
         }
         return Outgoing(job, "result", content, tuple(buffers), final=True)
+
+    # --- project: texture meshes from their shape ----------------------------------------------------------
+
+    def _run_project(self, job: Job) -> None:
+        """The multi-view loop on this worker's pipeline: progress per view stage, cancel between views (and
+        between the steps of a view's generation), the textures as PNG buffers."""
+        from ..projection import service
+        from ..projection.loop import LoopState
+
+        prepared = job.project
+        state = LoopState(total=len(prepared.cameras))
+        started = time.perf_counter()
+
+        def on_progress(s: LoopState) -> None:
+            job.step, job.stage = s.done, s.stage
+            if job.cancel.is_set():
+                s.cancel()
+            content = {"step": s.done, "total": s.total, "stage": s.stage,
+                       "elapsed_s": round(time.perf_counter() - started, 6)}
+            self._post(Outgoing(job, "progress", content))
+
+        try:
+            if job.cancel.is_set():
+                raise Cancelled("cancelled before it started")
+            baked = service.run(prepared, self.pipeline, state=state, on_progress=on_progress)
+            self._post(self._project_result(job, baked, time.perf_counter() - started))
+        except AigcError as exc:
+            extra = {"step": job.step} if isinstance(exc, Cancelled) else {}
+            self._post(Outgoing(job, "error", error_content(exc, **extra), final=True))
+        except Exception as exc:
+            log.exception("project job %s failed", job.request_key[:8])
+            err = AigcError("internal", f"the server failed on this job ({type(exc).__name__}: {exc})")
+            self._post(Outgoing(job, "error", error_content(err), final=True))
+
+    def _project_result(self, job: Job, baked, total_s: float) -> Outgoing:
+        result = baked.result
+        size = job.project.options.texture_size
+        textures = [{"mesh": mesh.name, "buffer": i, "coverage": round(min(1.0, cov), 6), "width": size,
+                     "height": size}
+                    for i, (mesh, cov) in enumerate(zip(job.project.meshes, result.coverage))]
+        views = [{"name": v.name, "generated": v.generated, "repainted": int(v.repainted),
+                  "coverage": round(min(1.0, v.coverage), 6), "generate_s": round(v.generate_s, 6),
+                  "bake_s": round(v.bake_s, 6)} for v in result.views]
+        m = self.pipeline.manifest
+        content = {"textures": textures, "views": views, "mode": baked.mode, "mode_text": baked.mode_text,
+                   "warnings": [w[:4000] for w in result.warnings[:256]],
+                   "timings": {"total_s": round(total_s, 6),
+                               "generate_s": round(sum(v.generate_s for v in result.views), 6),
+                               "bake_s": round(sum(v.bake_s for v in result.views), 6)},
+                   "model_id": m["model_id"], "model_hash": m["package_hash"],
+                   "buffers": [{"index": i, "mime": "image/png", "role": "texture", "width": size, "height": size}
+                               for i in range(len(baked.pngs))]}
+        return Outgoing(job, "project_result", content, tuple(baked.pngs), final=True)
