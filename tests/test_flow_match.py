@@ -58,12 +58,11 @@ def _run(config: dict, steps: int, flux_sigmas: bool, seq_len: int) -> float:
     return worst
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("steps", [1, 2, 4, 28])
+# One step cannot be stretched to a terminal sigma (diffusers divides by zero): that pair is not a case.
+@pytest.mark.parametrize(("name", "steps"), [(name, steps) for name in CONFIGS for steps in (1, 2, 4, 28)
+                                             if not (CONFIGS[name].get("shift_terminal") and steps == 1)])
 def test_step_by_step_matches_diffusers(name, steps):
     config = CONFIGS[name]
-    if config.get("shift_terminal") and steps == 1:
-        pytest.skip("one step cannot be stretched to a terminal sigma (diffusers divides by zero)")
     flux = name.startswith("flux")
     for seq_len in ((256, 1024, 4096) if config.get("use_dynamic_shifting") else (1024,)):
         assert _run(config, steps, flux, seq_len) < 1e-5, (name, steps, seq_len)
