@@ -74,7 +74,6 @@ def test_restyle_swaps_in_a_restyled_image_and_a_rerun_replaces_it(scene, mini) 
     cube = bpy.context.object
     cube["aigc_prompt"] = "blue glazed tiles"
     material = bpy.data.materials.new("Wall")
-    material.use_nodes = True
     node = material.node_tree.nodes.new("ShaderNodeTexImage")
     node.image = original
     bsdf = material.node_tree.nodes["Principled BSDF"]
