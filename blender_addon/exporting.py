@@ -65,8 +65,22 @@ class State:
 STATE = State()
 
 
-def start(python_env: str, source: str, models_folder: str, name: str) -> ExportJob:
-    """Check what can be checked here, then launch the export (returns at once)."""
+def export_options(loras: str = "", embeddings: str = "", controlnets: str = "", config: str = "",
+                   family: str = "") -> list[str]:
+    """The exporter's flags from the preferences' fields (lists separated by ";"), as `aigc-bridge export` takes
+    them: the exporter itself checks each one and says what is wrong."""
+    args: list[str] = []
+    for flag, text in (("--lora", loras), ("--embedding", embeddings), ("--controlnet", controlnets)):
+        args += [a for item in text.split(";") if item.strip() for a in (flag, item.strip())]
+    if config.strip():
+        args += ["--config", os.path.expanduser(config.strip())]
+    if family.strip():
+        args += ["--family", family.strip()]
+    return args
+
+
+def start(python_env: str, source: str, models_folder: str, name: str, options: list[str] = ()) -> ExportJob:
+    """Check what can be checked here, then launch the export (returns at once); ``options``: export_options'."""
     if STATE.job is not None and STATE.job.running:
         raise LauncherError(message("export", "An export is already running"))
     if not python_env.strip():
@@ -86,7 +100,7 @@ def start(python_env: str, source: str, models_folder: str, name: str) -> Export
     flags = subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(python), "-u", "-m", "aigc_bridge.cli", "export", source.strip(), str(out_dir),
-                                 "--model-id", name], stdin=subprocess.DEVNULL, stdout=log,
+                                 "--model-id", name, *options], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, creationflags=flags)
     STATE.job, STATE.message, STATE.failed = ExportJob(proc, out_dir, log_path, time.monotonic()), "", False
     return STATE.job

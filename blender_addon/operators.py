@@ -428,8 +428,10 @@ class AIGC_OT_export_model(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         prefs = preferences.get()
         try:
+            options = exporting.export_options(prefs.export_loras, prefs.export_embeddings, prefs.export_controlnets,
+                                               bpy.path.abspath(prefs.export_config), prefs.export_family)
             exporting.start(bpy.path.abspath(prefs.python_env), prefs.export_source,
-                            bpy.path.abspath(prefs.models_folder), prefs.export_name)
+                            bpy.path.abspath(prefs.models_folder), prefs.export_name, options)
         except launcher.LauncherError as exc:
             exporting.STATE.message, exporting.STATE.failed = str(exc.user_message), True
             return _report(self, exc.user_message)

@@ -46,6 +46,22 @@ class AIGC_Preferences(bpy.types.AddonPreferences):
                                   description="A diffusers folder or a Hugging Face hub id to export")
     export_name: StringProperty(name="Name", default="",
                                 description="The new package's folder name in the models folder")
+    # The exporter's own options (docs/use-your-own-models.md, docs/conditioning.md), as on the command line;
+    # lists are separated by ";"
+    export_loras: StringProperty(name="LoRAs", default="",
+                                 description="LoRA files fused into the weights, FILE[:WEIGHT] separated by ;")
+    export_embeddings: StringProperty(name="Embeddings", default="",
+                                      description="Textual-inversion embeddings, FILE[:TOKEN] separated by ;")
+    export_controlnets: StringProperty(name="ControlNets", default="",
+                                       description="Diffusers ControlNets exported beside the model, ID_OR_PATH[=NAME] "
+                                                   "separated by ;")
+    export_config: StringProperty(name="Config", subtype="DIR_PATH", default="",
+                                  description="Single-file checkpoints: a diffusers folder of the same family to take "
+                                              "the configs from (empty: the family's hub repo)")
+    export_family: StringProperty(name="Family", default="",
+                                  description="Single-file checkpoints: the family where the tensors cannot tell "
+                                              "(sd1, sd2, sd2-v, sdxl, ... as `aigc-bridge export --help` lists; "
+                                              "empty: detected)")
     provider: EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "Best available"), ("cuda", "CUDA", "NVIDIA GPU"), ("dml", "DirectML", "Windows GPU"),
         ("coreml", "Core ML", "Apple"), ("cpu", "CPU", "Slow, always works")])
@@ -113,6 +129,9 @@ def draw_export(prefs: AIGC_Preferences, box: bpy.types.UILayout) -> None:
               icon="EXPORT")
     box.prop(prefs, "export_source")
     box.prop(prefs, "export_name")
+    col = box.column(align=True)
+    for name in ("export_loras", "export_embeddings", "export_controlnets", "export_config", "export_family"):
+        col.prop(prefs, name)
     job = exporting.STATE.job
     if job is not None and job.running:
         box.progress(factor=job.fraction, type="BAR", text=job.line or "Exporting…")

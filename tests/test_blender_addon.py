@@ -722,6 +722,13 @@ def test_export_from_preferences_in_a_background_process(local_only, tiny_sd_src
     with pytest.raises(RuntimeError, match="the runtime bundled with the extension has no torch"):
         bpy.ops.aigc.export_model()
     prefs.python_env = sys.prefix  # this venv has the export extra
+    import torch
+    from aigc_bridge_export.tiny import write_tiny_lora
+    from diffusers import DiffusionPipeline
+
+    base = DiffusionPipeline.from_pretrained(tiny_sd_src, torch_dtype=torch.float32)
+    lora = write_tiny_lora(base, tmp_path / "moss.safetensors", "peft", rank=2, seed=3)
+    prefs.export_loras = f"{lora}:0.5"  # the exporter's own options, as on the command line
     assert bpy.ops.aigc.export_model() == {"FINISHED"}
     job = exporting.STATE.job
     assert job is not None and job.running and job.proc.pid != os.getpid()  # never in Blender's process
@@ -737,6 +744,8 @@ def test_export_from_preferences_in_a_background_process(local_only, tiny_sd_src
     assert max(durations) < TIMER_LIMIT_S
     assert exporting.STATE.job is None and not exporting.STATE.failed, exporting.STATE.message
     assert exporting.STATE.message.startswith("Exported my-tiny into") and fractions[-1] > 0
+    manifest = json.loads((folder / "my-tiny" / "model.json").read_text())
+    assert [(x["name"], x["weight"]) for x in manifest["loras"]] == [("moss.safetensors", 0.5)]
     assert "my-tiny · sd ·" in labels(_draw_prefs(prefs))
     bpy.ops.mesh.primitive_cube_add()
     assert bpy.ops.aigc.use_model(path=str(folder / "my-tiny")) == {"FINISHED"}
