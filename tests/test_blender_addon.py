@@ -11,6 +11,7 @@ operator and icon it is given against Blender's RNA.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import io
 import json
@@ -81,27 +82,43 @@ def shared(tiny_sd, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def scene(addon, shared):
-    """An empty file, fresh runner state, preferences pointing at the shared sidecar; returns helpers."""
+@contextlib.contextmanager
+def fresh_file(addon, sidecar: SidecarProcess, timeout_s: float):
+    """An empty file, fresh runner state, preferences pointing at ``sidecar``; the run and timer stopped after."""
     addon.runner.reset()
     addon.runner.stop_sidecar_process()
     addon.runner.STATE = addon.runner.State()
     bpy.ops.wm.read_homefile(use_empty=True)
     prefs = addon.prefs
     prefs.connection_mode = "LOCAL"
-    prefs.connection_file = str(shared.connection_file)
-    prefs.timeout_s = 2.0
+    prefs.connection_file = str(sidecar.connection_file)
+    prefs.timeout_s = timeout_s
     prefs.force_timer = False
-    settings = bpy.context.scene.aigc
-    settings.texture_size = settings.backdrop_size = "NATIVE"  # the tiny model's own 64 px / 128 x 64
-    settings.steps = 4
-    settings.style = "weathered sci-fi"
-    settings.world_description = "foggy harbour at dawn"
-    yield addon
-    addon.runner.reset()
-    if bpy.app.timers.is_registered(addon.runner.tick):
-        bpy.app.timers.unregister(addon.runner.tick)
+    try:
+        yield bpy.context.scene.aigc
+    finally:
+        addon.runner.reset()
+        if bpy.app.timers.is_registered(addon.runner.tick):
+            bpy.app.timers.unregister(addon.runner.tick)
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """A sidecar with the shipped texture-mini (no --model), for the modules whose tests need a real model."""
+    server = SidecarProcess(tmp_path_factory.mktemp("texture-mini-sidecar"), None)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scene(addon, shared):
+    """An empty file, fresh runner state, preferences pointing at the shared sidecar; returns helpers."""
+    with fresh_file(addon, shared, 2.0) as settings:
+        settings.texture_size = settings.backdrop_size = "NATIVE"  # the tiny model's own 64 px / 128 x 64
+        settings.steps = 4
+        settings.style = "weathered sci-fi"
+        settings.world_description = "foggy harbour at dawn"
+        yield addon
 
 
 def two_objects() -> tuple[bpy.types.Object, bpy.types.Object]:

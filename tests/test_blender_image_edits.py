@@ -13,35 +13,17 @@ from PIL import Image
 
 from aigc_bridge.assets.seams import seam_ratio
 
-from .sidecar import SidecarProcess
-from .test_blender_addon import Recorder, addon, decoded, draw, pixels, pump  # noqa: F401  (fixtures and helpers)
+from .test_blender_addon import Recorder, addon, decoded, draw, fresh_file, mini, pixels, pump  # noqa: F401
 
 bpy = pytest.importorskip("bpy")
 
 
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    server = SidecarProcess(tmp_path_factory.mktemp("image-edits"), None)
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def scene(addon, mini):  # noqa: F811
-    addon.runner.reset()
-    addon.runner.STATE = addon.runner.State()
-    bpy.ops.wm.read_homefile(use_empty=True)
-    prefs = addon.prefs
-    prefs.connection_mode = "LOCAL"
-    prefs.connection_file = str(mini.connection_file)
-    prefs.timeout_s = 5.0
-    settings = bpy.context.scene.aigc
-    settings.texture_size = "NATIVE"
-    settings.seed_mode, settings.seed = "FIXED", 3
-    yield addon
-    addon.runner.reset()
-    if bpy.app.timers.is_registered(addon.runner.tick):
-        bpy.app.timers.unregister(addon.runner.tick)
+    with fresh_file(addon, mini, 5.0) as settings:
+        settings.texture_size = "NATIVE"
+        settings.seed_mode, settings.seed = "FIXED", 3
+        yield addon
 
 
 def png(array: np.ndarray) -> bytes:
@@ -57,8 +39,8 @@ def packed_image(name: str, data: bytes) -> bpy.types.Image:
     return image
 
 
-def red_bricks(mini) -> bytes:
-    with mini.client(timeout=30) as client:
+def red_bricks(sidecar) -> bytes:
+    with sidecar.client(timeout=30) as client:
         return client.generate("red brick wall", seed=7, steps=20).images[0].data
 
 
@@ -67,7 +49,7 @@ def blueness(rgb: np.ndarray) -> float:
     return float((rgb[..., 2] - rgb[..., 0]).mean())
 
 
-def test_restyle_swaps_in_a_restyled_image_and_a_rerun_replaces_it(scene, mini) -> None:
+def test_restyle_swaps_in_a_restyled_image_and_a_rerun_replaces_it(scene, mini) -> None:  # noqa: F811
     runner = scene.runner
     original = packed_image("bricks.png", red_bricks(mini))
     bpy.ops.mesh.primitive_cube_add()
@@ -107,7 +89,7 @@ def test_restyle_without_an_image_texture_says_what_to_do(scene) -> None:
     assert not scene.runner.busy()
 
 
-def test_make_tileable_makes_a_seamless_copy_the_size_of_the_image(scene, mini) -> None:
+def test_make_tileable_makes_a_seamless_copy_the_size_of_the_image(scene, mini) -> None:  # noqa: F811
     runner = scene.runner
     with mini.client(timeout=30) as client:
         photo = client.generate("grey stone floor", seed=6, tile="none", steps=20).images[0].data

@@ -10,39 +10,20 @@ import time
 import numpy as np
 import pytest
 
-from .sidecar import SidecarProcess
-from .test_blender_addon import _glb, addon, decoded, draw, labels, pixels, pump  # noqa: F401  (fixture)
+from .test_blender_addon import _glb, addon, decoded, draw, fresh_file, labels, mini, pixels, pump  # noqa: F401
 
 bpy = pytest.importorskip("bpy")
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    server = SidecarProcess(tmp_path_factory.mktemp("shape-sidecar"), None)  # the shipped texture-mini
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def shape_scene(addon, mini):  # noqa: F811
-    addon.runner.reset()
-    addon.runner.STATE = addon.runner.State()
-    bpy.ops.wm.read_homefile(use_empty=True)
-    prefs = addon.prefs
-    prefs.connection_mode = "LOCAL"
-    prefs.connection_file = str(mini.connection_file)
-    prefs.timeout_s = 5.0
-    prefs.force_timer = False
-    settings = bpy.context.scene.aigc
-    settings.shape_views, settings.shape_top, settings.shape_bottom = 4, True, True
-    settings.shape_view_size, settings.shape_texture_size = 64, "256"
-    settings.seed_mode, settings.seed = "FIXED", 3
-    yield addon
-    addon.runner.reset()
-    if bpy.app.timers.is_registered(addon.runner.tick):
-        bpy.app.timers.unregister(addon.runner.tick)
+    with fresh_file(addon, mini, 5.0) as settings:
+        settings.shape_views, settings.shape_top, settings.shape_bottom = 4, True, True
+        settings.shape_view_size, settings.shape_texture_size = 64, "256"
+        settings.seed_mode, settings.seed = "FIXED", 3
+        yield addon
 
 
 def brick_cube() -> bpy.types.Object:

@@ -388,13 +388,15 @@ class Server:
 
     # --- requests ------------------------------------------------------------------------------------
 
-    def _on_generate(self, route: list[bytes], msg: Message) -> None:
+    def _replayed_or_refused(self, route: list[bytes], msg: Message) -> bool:
+        """What every job request does first: a retry of a known request_key is answered from its job (True);
+        otherwise the server must have a model and not be draining. Requests compare by their JSON (input images
+        and mesh arrays by their sha256)."""
         req, key = msg.request, msg.request_key
-        assert req is not None and key is not None  # the codec guarantees both for a generate
         found = self._board.find(key)
         if found is not None:
             sent = found.request if isinstance(found, Final) else found.request.to_dict()
-            if sent != req.to_dict():  # input images compare by their sha256
+            if sent != req.to_dict():
                 raise InvalidRequest(f"request_key {key} was already used for a different request; "
                                      "use a new key for new work", "header.request_key")
             if isinstance(found, Final):  # finished: the same final message again, to this attempt
@@ -403,11 +405,18 @@ class Server:
             else:  # queued or running: the rest of it goes to this newest attempt
                 found.attach(route, msg.msg_id)
                 self._send_job(found, "progress", self._progress_now(found))
-            return
+            return True
         if self._pipeline is None:
             raise AigcError("no_model", "this server has no model loaded: start it with --model DIR", "model")
         if self._draining:
             raise AigcError("shutting_down", "the server is shutting down")
+        return False
+
+    def _on_generate(self, route: list[bytes], msg: Message) -> None:
+        req, key = msg.request, msg.request_key
+        assert req is not None and key is not None  # the codec guarantees both for a generate
+        if self._replayed_or_refused(route, msg):
+            return
         resolved = self._pipeline.resolve(req)  # the model's checks: sizes, mask, controlnets, strength, memory
         job = Job(key, req, resolved, route, msg.msg_id, msg.ignored_fields,
                   steps=self._pipeline.denoising_steps(resolved))
@@ -420,23 +429,8 @@ class Server:
         from ..projection import service  # numpy work; only a project needs it
 
         req, key = msg.request, msg.request_key
-        found = self._board.find(key)
-        if found is not None:
-            sent = found.request if isinstance(found, Final) else found.request.to_dict()
-            if sent != req.to_dict():  # mesh arrays compare by their sha256
-                raise InvalidRequest(f"request_key {key} was already used for a different request; "
-                                     "use a new key for new work", "header.request_key")
-            if isinstance(found, Final):
-                self._send(route, self._codec.encode(found.msg_type, found.content, parent_id=msg.msg_id,
-                                                     buffers=found.buffers, request_key=key))
-            else:
-                found.attach(route, msg.msg_id)
-                self._send_job(found, "progress", self._progress_now(found))
+        if self._replayed_or_refused(route, msg):
             return
-        if self._pipeline is None:
-            raise AigcError("no_model", "this server has no model loaded: start it with --model DIR", "model")
-        if self._draining:
-            raise AigcError("shutting_down", "the server is shutting down")
         prepared = service.prepare(req, self._pipeline)
         job = Job(key, req, req, route, msg.msg_id, msg.ignored_fields, project=prepared)
         self._board.submit(job)
