@@ -141,6 +141,35 @@ def test_killed_run_resumes_to_the_same_weights(run_dir, tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "sr"
 
 
+def test_the_128px_stage_starts_from_bilinear_not_from_blocks(tmp_path):
+    """The stage adds its output to the nearest-upsampled input (the file format's network): started at random
+    it paints 4 px blocks, which the shipped stage kept after training; started as a bilinear upscaler it does
+    not, and it is still the architecture spandrel detects."""
+    import torch.nn.functional as F
+    from aigc_bridge_export.seamless import seamless
+    from aigc_bridge_export.texture_mini.config import sr_preset
+    from aigc_bridge_export.texture_mini.sr_phase import build_sr
+    from aigc_bridge_export.upscaler_export import load_descriptor
+
+    from aigc_bridge.evaluation.sharpness import block_ratio
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    bilinear = F.interpolate(F.pad(x, (1, 1, 1, 1), mode="circular"), scale_factor=4, mode="bilinear")[..., 4:-4, 4:-4]
+    ratios = {}
+    for start in (True, False):
+        model = build_sr(sr_preset("full", bilinear_start=start)).eval()
+        with torch.no_grad(), seamless(model, "both"):
+            y = model(x)
+        ratios[start] = block_ratio(list(y.clamp(0, 1).numpy().transpose(0, 2, 3, 1)), 4)
+        if start:
+            assert (y - bilinear).abs().mean() < 0.01  # the bilinear image, plus a small random start of the detail
+    assert ratios[True] < 1.2 < 2.0 < ratios[False], ratios
+    path = tmp_path / "start.pth"
+    torch.save(model.state_dict(), path)
+    assert load_descriptor(path).architecture.id == "Compact"
+
+
 def test_circular_vae_encoder_commutes_with_shifts():
     from aigc_bridge_export.texture_mini.circular import circular
     from aigc_bridge_export.texture_mini.config import preset
@@ -172,5 +201,7 @@ def test_evaluation_runs_on_the_package(run_dir):
     assert upscaled["size"] == 128 and set(upscaled) >= {"upscaled", "resampled", "real_seam", "pattern_real"}
     assert upscaled["resampled"]["sharpness"] < 0.2  # resampling adds no detail above the 32 px Nyquist frequency
     assert 0.5 < upscaled["upscaled"]["seam"]["mean"] < 2.5
+    assert upscaled["resampled"]["block_ratio"] < 1.3  # resampling paints no blocks
+    assert set(upscaled["from_real"]) == {"upscaled", "resampled"}  # the toy package has a VAE encoder
     assert "held-out (both sets)" in format_report(report)
     assert "held-out images at 128 px" in format_report(report)

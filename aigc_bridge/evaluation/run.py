@@ -98,7 +98,8 @@ def run_eval(model_dir: str | Path, *, seed: int = 0, prompts_per_set: int = 16,
     report["backdrops"] = _backdrops(pipe, size, seed)
     if pipe.upscaler is not None:
         log(f"scoring the upscaled held-out images (x{pipe.upscaler.scale})")
-        report["upscaled"] = score_upscaled(pipe.upscaler, held, seed, classifier_per_family, references)
+        report["upscaled"] = score_upscaled(pipe.upscaler, held, seed, classifier_per_family, references,
+                                            roundtrip=lambda images: _vae_roundtrip(pipe, images, "both"))
     report["timing"] = {"total_s": round(time.perf_counter() - t0, 1),
                         "per_image_ms": round(1000 * t_gen / max(1, generated), 1), "images": generated}
     return report
@@ -189,13 +190,19 @@ def _references(pipe, classifier: PatternClassifier, size: int, seed: int, count
     return out
 
 
-def score_upscaled(upscaler, rows, seed: int, classifier_per_family: int = 150, references: int = 240) -> dict:
+def score_upscaled(upscaler, rows, seed: int, classifier_per_family: int = 150, references: int = 240,
+                   roundtrip: Callable[[list[np.ndarray]], list[np.ndarray] | None] | None = None) -> dict:
     """The package's upscaler on the held-out images (tile both), next to the same images resampled (Lanczos-3)
     to the same size: colour and pattern adherence (a classifier fitted at the upscaled size), the wrap seam
-    ratio (with real data at that size rolled at random: the ruler's spread), and sharpness, the high-frequency
-    energy above the small image's Nyquist frequency relative to real renders of the same specs."""
+    ratio (with real data at that size rolled at random: the ruler's spread), sharpness, the high-frequency
+    energy above the small image's Nyquist frequency relative to real renders of the same specs, and the block
+    ratio (steps at input-pixel borders over steps within them).
+
+    With ``roundtrip`` (the base package's VAE), ``from_real`` gives the pattern adherence the upscaler reaches
+    from real images of the same specs, area-reduced and sent through that VAE: what it makes of inputs that
+    carry the right pattern, which separates its share from the base model's."""
     from ..assets.resize import resize
-    from .sharpness import sharpness_ratio
+    from .sharpness import block_ratio, sharpness_ratio
 
     small = rows[0][2][0].shape[0]
     size = small * upscaler.scale
@@ -220,19 +227,28 @@ def score_upscaled(upscaler, rows, seed: int, classifier_per_family: int = 150, 
         out[name] = {"colour": s["colour"], "pattern": s["pattern"], "per_family": s["per_family"],
                      "top_confusions": s["top_confusions"],
                      "sharpness": round(sharpness_ratio(images, real, cutoff), 3),
-                     "seam": _summary([seam_ratio(x, axis) for x in images for axis in (0, 1)])}
+                     "seam": _summary([seam_ratio(x, axis) for x in images for axis in (0, 1)]),
+                     "block_ratio": round(block_ratio(images, upscaler.scale), 3)}
     out["real_seam"] = _summary([seam_ratio(x, axis) for x in rolled for axis in (0, 1)])
+    out["real_block_ratio"] = round(block_ratio(real, upscaler.scale), 3)
+    reduced = [x.reshape(small, upscaler.scale, small, upscaler.scale, -1).mean(axis=(1, 3)) for x in real]
+    through_vae = roundtrip(reduced) if roundtrip is not None else None
+    if through_vae is not None:
+        out["from_real"] = {
+            "upscaled": adherence([upscaler(x, "both") for x in through_vae])["pattern"],
+            "resampled": adherence([np.clip(resize(x, size, size, "both"), 0.0, 1.0) for x in through_vae])["pattern"]}
     samples = [sample(seed + 2000, i, "any", size) for i in range(references)]
     out["pattern_real"] = round(float(np.mean([p == s.spec.family for p, s in
                                                zip(classifier.predict([s.image for s in samples]), samples)])), 3)
     return out
 
 
-def _vae_roundtrip(pipe, images: list[np.ndarray]) -> list[np.ndarray] | None:
+def _vae_roundtrip(pipe, images: list[np.ndarray], encoder_tile: str = "none") -> list[np.ndarray] | None:
     import onnxruntime as ort
 
     m = pipe.manifest
-    encoder = m.get("vae_encoder", {}).get("graphs", {}).get("none")
+    graphs = m.get("vae_encoder", {}).get("graphs", {})
+    encoder = graphs.get(encoder_tile, graphs.get("none"))
     if encoder is None:
         return None
     decoder = m["vae_decoder"]["graphs"].get("both", m["vae_decoder"]["graphs"]["none"])
@@ -299,8 +315,13 @@ def format_report(r: dict) -> str:
         for name in ("upscaled", "resampled"):
             s = u[name]
             lines.append(f"  {name:<10} colour {pct(s['colour'])}, pattern {pct(s['pattern'])}, sharpness "
-                         f"{s['sharpness']}, seam {s['seam']['mean']}")
-        lines.append(f"  classifier at {u['size']} px on real images: {pct(u['pattern_real'])}")
+                         f"{s['sharpness']}, seam {s['seam']['mean']}, block ratio {s['block_ratio']}")
+        lines.append(f"  classifier at {u['size']} px on real images: {pct(u['pattern_real'])}; block ratio of real "
+                     f"data {u['real_block_ratio']}")
+        if "from_real" in u:
+            f = u["from_real"]
+            lines.append(f"  from real images reduced to {u['size'] // u['upscaler']['scale']} px and through the VAE: "
+                         f"pattern {pct(f['upscaled'])} upscaled, {pct(f['resampled'])} resampled")
     lines.append(f"time: {r['timing']['total_s']} s, {r['timing']['per_image_ms']} ms per image")
     return "\n".join(lines)
 

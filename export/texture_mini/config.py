@@ -120,11 +120,14 @@ class SRConfig(JsonConfig):
     # SRVGGNetCompact (Real-ESRGAN's compact network, one of the architectures spandrel detects)
     features: int = 32
     convs: int = 12
-    steps: int = 3_000
+    bilinear_start: bool = True        # start training from a bilinear upscaler (sr_phase.bilinear_start)
+    steps: int = 6_000
     batch: int = 16
     lr: float = 1e-3
     warmup_steps: int = 200
     ema_decay: float = 0.999
+    pixel_loss: str = "l1"             # or "l2" (x 10, the mean: smooth where the input cannot say where detail is)
+    grid_weight: float = 1.0           # steps at each position in a cell vs the target's (sr_phase.cell_phase_steps)
     spectral_weight: float = 0.5       # radially binned log power spectrum (phase-free: rewards real detail)
     grad_clip: float = 1.0
     checkpoint_every_s: float = 120.0

@@ -7,9 +7,14 @@ design: convolutions at 32 px, one pixel shuffle to 128 px, plus the nearest-ups
 circular padding so it tiles, and saved as a plain state dict that spandrel detects, so it is exported by the
 same code as any upscaler an artist has (``aigc_bridge_export.upscaler_export``).
 
+Training starts from a bilinear upscaler (``bilinear_start``), not from the random network's 4 px blocks.
+
 Loss: L1, plus an L1 distance between radially binned log power spectra. The spectrum term does not care where
 a grain or a grout line falls, only that the detail is there at the right scale and strength, which L1 alone
-gives up on wherever the 32 px input cannot say exactly where (it averages, which is a blur).
+gives up on wherever the 32 px input cannot say exactly where (it averages, which is a blur). A third term
+matches how much the image steps at each position within an input pixel's cell to the target's
+(``cell_phase_steps``): L1 alone snaps each output pixel to its cell's majority, which steps at the cell borders
+(the block pattern, and a seam at the wrap, which is a cell border).
 """
 
 from __future__ import annotations
@@ -94,8 +99,55 @@ def build_sr(config: SRConfig) -> torch.nn.Module:
     import_spandrel()
     from spandrel.architectures.Compact import Compact
 
-    return Compact(num_in_ch=3, num_out_ch=3, num_feat=config.features, num_conv=config.convs,
-                   upscale=config.scale, act_type="prelu")
+    model = Compact(num_in_ch=3, num_out_ch=3, num_feat=config.features, num_conv=config.convs,
+                    upscale=config.scale, act_type="prelu")
+    if config.bilinear_start:
+        bilinear_start(model, config.scale)
+    return model
+
+
+def _bilinear_taps(scale: int) -> torch.Tensor:
+    """(scale, 3): the weights of the neighbours (-1, 0, +1) of a low pixel for each of its ``scale`` high
+    pixels under bilinear upsampling (half-pixel centres, as ``F.interpolate(align_corners=False)``)."""
+    taps = torch.zeros(scale, 3)
+    for i in range(scale):
+        d = (2 * i + 1 - scale) / (2 * scale)  # where high pixel i falls, in low pixels from the centre
+        taps[i, 1] = 1 - abs(d)
+        taps[i, 0 if d < 0 else 2] = abs(d)
+    return taps
+
+
+@torch.no_grad()
+def bilinear_start(model: torch.nn.Module, scale: int) -> None:
+    """Start from a bilinear upscaler, not from a blocky one.
+
+    The network adds its output to the nearest-upsampled input (spandrel's Compact, fixed by the file format), so
+    at a random start its images are 4 px blocks that the training must learn to cancel, and 3,000 steps did not
+    (the shipped stage's block pattern). Three feature channels here carry the input through every layer
+    unchanged (identity convolutions, PReLU slope 1), and the last convolution reads them as "bilinear minus
+    nearest": step 0 outputs the bilinear image, and the rest of the network learns only the detail. The same
+    architecture and file format (spandrel still detects it); only where training starts differs."""
+    convs = [m for m in model.body if isinstance(m, torch.nn.Conv2d)]
+    prelus = [m for m in model.body if isinstance(m, torch.nn.PReLU)]
+    channels = convs[0].in_channels
+    for conv in convs[:-1]:
+        conv.weight[:channels].zero_()
+        conv.bias[:channels].zero_()
+        for c in range(channels):
+            conv.weight[c, c, 1, 1] = 1.0
+    for prelu in prelus:
+        prelu.weight[:channels] = 1.0
+    last = convs[-1]
+    last.weight.mul_(0.1)  # the detail starts small, so the first steps do not undo the bilinear start
+    last.bias.zero_()
+    last.weight[:, :channels].zero_()
+    taps = _bilinear_taps(scale)
+    for c in range(channels):
+        for i in range(scale):
+            for j in range(scale):
+                kernel = torch.outer(taps[i], taps[j])
+                kernel[1, 1] -= 1.0  # minus the nearest-upsampled input that the network adds
+                last.weight[(c * scale + i) * scale + j, c] = kernel
 
 
 def _batch(config: SRConfig, data: SRData, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +188,19 @@ def log_spectrum(images: torch.Tensor, bins: torch.Tensor, count: int) -> torch.
     return torch.log(binned + 1e-4)
 
 
+def cell_phase_steps(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """log of the mean |step| between neighbouring pixels at each of the ``scale`` positions in an input cell,
+    per axis: (2, scale). Real data steps about as much between cells as within them; a blocky output steps at
+    the cell borders (and the wrap is one of them, so the seam ratio counts it)."""
+    lum = images.mean(dim=1)
+    out = []
+    for dim in (-1, -2):
+        step = (lum - torch.roll(lum, -1, dims=dim)).abs()
+        step = step.mean(dim=(0, -1 if dim == -2 else -2))  # per column (or row)
+        out.append(step.reshape(-1, scale).mean(dim=0))
+    return torch.log(torch.stack(out) + 1e-4)
+
+
 def train_sr(config: SRConfig, data: SRData, out: Path, device: torch.device, quiet: bool = False,
              log: Callable[[str], None] = print) -> Path:
     """Train (or resume, or find finished) the 128 px stage; returns its weights file (EMA, a state dict)."""
@@ -170,7 +235,10 @@ def train_sr(config: SRConfig, data: SRData, out: Path, device: torch.device, qu
                 group["lr"] = config.lr * lr_factor(step, config.steps, config.warmup_steps)
             with seamless(model, "both"):
                 pred = model(low)
-            loss = F.l1_loss(pred, high)
+            loss = F.l1_loss(pred, high) if config.pixel_loss == "l1" else F.mse_loss(pred, high) * 10.0
+            if config.grid_weight > 0:
+                loss = loss + config.grid_weight * F.l1_loss(cell_phase_steps(pred, config.scale),
+                                                             cell_phase_steps(high, config.scale))
             if config.spectral_weight > 0:
                 loss = loss + config.spectral_weight * F.l1_loss(log_spectrum(pred, bins, count),
                                                                  log_spectrum(high, bins, count)) / 10.0
