@@ -143,7 +143,7 @@ def test_killed_run_resumes_to_the_same_weights(run_dir, tmp_path, monkeypatch):
 
 def test_the_128px_stage_starts_from_bilinear_not_from_blocks(tmp_path):
     """The stage adds its output to the nearest-upsampled input (the file format's network): started at random
-    it paints 4 px blocks, which the shipped stage kept after training; started as a bilinear upscaler it does
+    it paints 4 px blocks, which the first shipped stage kept after training; started as a bilinear upscaler it does
     not, and it is still the architecture spandrel detects."""
     import torch.nn.functional as F
     from aigc_bridge_export.seamless import seamless

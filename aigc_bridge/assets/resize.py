@@ -79,6 +79,13 @@ def _pad_edges(image: np.ndarray, pad_y: int, pad_x: int, wrap_y: bool, wrap_x: 
     return np.pad(out, [(0, 0), (pad_x, pad_x), *extra], mode="wrap" if wrap_x else "symmetric")
 
 
+def box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each aligned ``factor`` x ``factor`` block of an (H, W, ...) image: the image as a render
+    ``factor`` times smaller sees it (periodic in, periodic out)."""
+    h, w = image.shape[:2]
+    return image.reshape(h // factor, factor, w // factor, factor, *image.shape[2:]).mean(axis=(1, 3))
+
+
 def mip_chain(image: np.ndarray) -> list[np.ndarray]:
     """Level 0 and every 2 x 2 box-filtered level down to 1 pixel on the short side, as GPUs build them.
 
@@ -91,5 +98,5 @@ def mip_chain(image: np.ndarray) -> list[np.ndarray]:
         h, w = prev.shape[:2]
         if h % 2 or w % 2:
             raise InvalidRequest(f"a {w}x{h} mip level cannot be halved; use power-of-two sizes", "target_size")
-        levels.append(prev.reshape(h // 2, 2, w // 2, 2, *prev.shape[2:]).mean(axis=(1, 3)))
+        levels.append(box_reduce(prev, 2))
     return levels

@@ -201,7 +201,7 @@ def score_upscaled(upscaler, rows, seed: int, classifier_per_family: int = 150, 
     With ``roundtrip`` (the base package's VAE), ``from_real`` gives the pattern adherence the upscaler reaches
     from real images of the same specs, area-reduced and sent through that VAE: what it makes of inputs that
     carry the right pattern, which separates its share from the base model's."""
-    from ..assets.resize import resize
+    from ..assets.resize import box_reduce, resize
     from .sharpness import block_ratio, sharpness_ratio
 
     small = rows[0][2][0].shape[0]
@@ -231,8 +231,7 @@ def score_upscaled(upscaler, rows, seed: int, classifier_per_family: int = 150, 
                      "block_ratio": round(block_ratio(images, upscaler.scale), 3)}
     out["real_seam"] = _summary([seam_ratio(x, axis) for x in rolled for axis in (0, 1)])
     out["real_block_ratio"] = round(block_ratio(real, upscaler.scale), 3)
-    reduced = [x.reshape(small, upscaler.scale, small, upscaler.scale, -1).mean(axis=(1, 3)) for x in real]
-    through_vae = roundtrip(reduced) if roundtrip is not None else None
+    through_vae = roundtrip([box_reduce(x, upscaler.scale) for x in real]) if roundtrip is not None else None
     if through_vae is not None:
         out["from_real"] = {
             "upscaled": adherence([upscaler(x, "both") for x in through_vae])["pattern"],

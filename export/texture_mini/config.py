@@ -126,7 +126,6 @@ class SRConfig(JsonConfig):
     lr: float = 1e-3
     warmup_steps: int = 200
     ema_decay: float = 0.999
-    pixel_loss: str = "l1"             # or "l2" (x 10, the mean: smooth where the input cannot say where detail is)
     grid_weight: float = 1.0           # steps at each position in a cell vs the target's (sr_phase.cell_phase_steps)
     spectral_weight: float = 0.5       # radially binned log power spectrum (phase-free: rewards real detail)
     grad_clip: float = 1.0

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aigc_bridge.assets.resize import box_reduce
 from aigc_bridge.texture_data import sample
 
 from ..seamless import seamless
@@ -53,8 +54,7 @@ def build_sr_data(config: SRConfig, base_package: Path, progress=None) -> SRData
         if progress is not None:
             progress(1)
     high = np.stack(high)
-    s = config.scale
-    reduced = high.astype(np.float32).reshape(len(high), config.low_size, s, config.low_size, s, 3).mean((2, 4))
+    reduced = np.stack([box_reduce(x, config.scale) for x in high.astype(np.float32)])
     reduced /= 255.0
     rng = np.random.default_rng([config.seed, 31])
     through_vae = rng.random(len(high)) < config.vae_fraction
@@ -123,7 +123,7 @@ def bilinear_start(model: torch.nn.Module, scale: int) -> None:
 
     The network adds its output to the nearest-upsampled input (spandrel's Compact, fixed by the file format), so
     at a random start its images are 4 px blocks that the training must learn to cancel, and 3,000 steps did not
-    (the shipped stage's block pattern). Three feature channels here carry the input through every layer
+    (the first shipped stage's block pattern). Three feature channels here carry the input through every layer
     unchanged (identity convolutions, PReLU slope 1), and the last convolution reads them as "bilinear minus
     nearest": step 0 outputs the bilinear image, and the rest of the network learns only the detail. The same
     architecture and file format (spandrel still detects it); only where training starts differs."""
@@ -235,7 +235,7 @@ def train_sr(config: SRConfig, data: SRData, out: Path, device: torch.device, qu
                 group["lr"] = config.lr * lr_factor(step, config.steps, config.warmup_steps)
             with seamless(model, "both"):
                 pred = model(low)
-            loss = F.l1_loss(pred, high) if config.pixel_loss == "l1" else F.mse_loss(pred, high) * 10.0
+            loss = F.l1_loss(pred, high)
             if config.grid_weight > 0:
                 loss = loss + config.grid_weight * F.l1_loss(cell_phase_steps(pred, config.scale),
                                                              cell_phase_steps(high, config.scale))
